@@ -33,6 +33,7 @@ def build_beir_task(
     main_score: str = "ndcg_at_10",
     use_mteb_metadata: bool | str = "auto",
     allow_empty_documents: bool = False,
+    result_split: str | None = None,
 ) -> Any:
     """An mteb task object whose ``load_data`` reads ``path`` (validated eagerly, so bad data fails first)."""
     import_mteb()  # sets MTEB_CACHE before any mteb submodule is imported
@@ -42,6 +43,8 @@ def build_beir_task(
     from mteb.abstasks.task_metadata import TaskMetadata
 
     data: BeirData = load_beir_folder(path, split, allow_empty_documents=allow_empty_documents)
+    # the split name the result records: mteb's XQuADRetrieval calls its only split "validation"
+    split_name = result_split or split
     registered = _registered(name) if use_mteb_metadata in (True, "auto") else None
     if use_mteb_metadata is True and registered is None:
         raise ConfigError(f"task.use_mteb_metadata=true but mteb has no task named {name!r}")
@@ -50,7 +53,7 @@ def build_beir_task(
 
     if registered is not None:
         base: type = type(registered)
-        meta = registered.metadata.model_copy(update={"eval_splits": [split]})
+        meta = registered.metadata.model_copy(update={"eval_splits": [split_name]})
         if meta.is_multilingual:
             if subset is None:
                 raise ConfigError(
@@ -69,7 +72,7 @@ def build_beir_task(
             type="Retrieval",
             category="t2t",
             modalities=["text"],
-            eval_splits=[split],
+            eval_splits=[split_name],
             eval_langs=list(languages or ["eng-Latn"]),
             main_score=main_score,
         )
@@ -89,7 +92,7 @@ def build_beir_task(
         queries = Dataset.from_dict({"id": list(data.queries), "text": list(data.queries.values())})
         qrels = {qid: dict(docs) for qid, docs in data.qrels.items()}
         split_data = RetrievalSplitData(corpus=corpus, queries=queries, relevant_docs=qrels, top_ranked=None)
-        self.dataset = {hf_subset: {split: split_data}}
+        self.dataset = {hf_subset: {split_name: split_data}}
         self.data_loaded = True
 
     # metadata must be a class attribute: mteb's unload_data() drops instance attributes

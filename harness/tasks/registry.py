@@ -35,14 +35,20 @@ def load_task(cfg: Mapping[str, Any] | DictConfig) -> Any:
             main_score=str(cfg.get("main_score") or "ndcg_at_10"),
             use_mteb_metadata=cfg.get("use_mteb_metadata", "auto"),
             allow_empty_documents=bool(cfg.get("allow_empty_documents", False)),
+            result_split=cfg.get("result_split"),
         )
     if kind == "mteb":
-        return get_mteb_task(str(name), splits=cfg.get("splits"), subsets=cfg.get("subsets"), languages=cfg.get("languages"))
+        return get_mteb_task(
+            str(name), splits=cfg.get("splits"), subsets=cfg.get("subsets"), languages=cfg.get("languages")
+        )
     raise ConfigError(f"task.kind={kind!r}: expected one of {KINDS}")
 
 
 def get_mteb_task(
-    name: str, splits: list[str] | None = None, subsets: list[str] | None = None, languages: list[str] | None = None
+    name: str,
+    splits: list[str] | None = None,
+    subsets: list[str] | None = None,
+    languages: list[str] | None = None,
 ) -> Any:
     mteb = import_mteb()
     try:
