@@ -35,6 +35,7 @@ def test_minilm_scifact_reproduces_published(tmp_path: Path) -> None:
     for metric in ("ndcg_at_10", "recall_at_5", "recall_at_100", "map_at_100", "mrr_at_10"):
         assert entry[metric] == pytest.approx(ref_entry[metric], abs=1.5e-5), metric
 
-    [model_result] = mteb.ResultCache(cache_path=out.parent).load_results(models=[MINILM], tasks=["SciFact"]).model_results
+    loaded = mteb.ResultCache(cache_path=out.parent).load_results(models=[MINILM], tasks=["SciFact"])
+    [model_result] = loaded.model_results
     assert model_result.task_results[0].get_score() == pytest.approx(entry["ndcg_at_10"])
     assert "64.51" in proc.stdout  # the printed table

@@ -130,7 +130,8 @@ class EmbeddingAdapter(AdapterBase):
     ) -> np.ndarray:
         texts = [text for batch in inputs for text in batch["text"]]
         # mteb's PromptType is a str enum: "query" / "document"; None (symmetric tasks) reads as the query side
-        role = "document" if prompt_type is not None and str(getattr(prompt_type, "value", prompt_type)) == "document" else "query"
+        side = str(getattr(prompt_type, "value", prompt_type)) if prompt_type is not None else "query"
+        role = "document" if side == "document" else "query"
         return self.encode_texts(
             texts, role=role, task=task_metadata.name, task_type=task_metadata.type, batch_size=kwargs.get("batch_size")
         )

@@ -72,7 +72,9 @@ class InstructionTable:
         return cls.from_dict(data, family=family, path=path)
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any], family: str | None = None, path: Path | None = None) -> InstructionTable:
+    def from_dict(
+        cls, data: Mapping[str, Any], family: str | None = None, path: Path | None = None
+    ) -> InstructionTable:
         where = str(path or family or "<instructions>")
         allowed = {"source", "template", "prefix", "default", "by_type", "tasks", "notes", "family"}
         unknown = set(data) - allowed

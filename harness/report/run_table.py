@@ -7,7 +7,6 @@ import json
 import math
 from collections.abc import Iterable, Mapping
 from functools import lru_cache
-from pathlib import Path
 from typing import Any
 
 from harness.config import PROJECT_ROOT
@@ -45,7 +44,17 @@ def _fmt(value: Any) -> str:
     return f"{100 * value:.2f}" if isinstance(value, float) and value <= 1.0 else f"{value:.2f}"
 
 
-def run_table_rows(model: str, outcomes: Iterable[Any]) -> list[list[str]]:
+def beyond_depth(key: str, depth: int | None) -> bool:
+    """Whether a pipeline's second stage (reranking the top ``depth``) cannot alone decide ``key`` (``recall_at_100``):
+    a cutoff deeper than ``depth``, or a set metric (recall, precision, hit rate) at a cutoff >= ``depth``, whose
+    documents are exactly the first stage's."""
+    if depth is None or "_at_" not in key:
+        return False
+    k = int(key.rsplit("_at_", 1)[1])
+    return k >= depth if key.startswith(("recall_", "precision_", "hit_rate_")) else k > depth
+
+
+def run_table_rows(model: str, outcomes: Iterable[Any], rerank_depth: int | None = None) -> list[list[str]]:
     rows = []
     for outcome in outcomes:
         for split, entries in outcome.scores.items():
@@ -56,7 +65,8 @@ def run_table_rows(model: str, outcomes: Iterable[Any]) -> list[list[str]]:
                 diff = f"{100 * main - published:+.2f}" if published is not None and main is not None else "-"
                 label = outcome.task_name + ("" if subset == "default" else f" ({subset})")
                 rows.append(
-                    [label, split, *[_fmt(entry.get(key)) for _, key in COLUMNS],
+                    [label, split,
+                     *[_fmt(entry.get(key)) + ("†" if beyond_depth(key, rerank_depth) else "") for _, key in COLUMNS],
                      f"{published:.2f}" if published is not None else "-", diff,
                      "cached" if outcome.skipped else "new"]
                 )
@@ -64,13 +74,16 @@ def run_table_rows(model: str, outcomes: Iterable[Any]) -> list[list[str]]:
 
 
 def format_table(header: list[str], rows: list[list[str]]) -> str:
-    widths = [max(len(str(c)) for c in col) for col in zip(header, *rows)]
+    widths = [max(len(str(c)) for c in col) for col in zip(header, *rows, strict=True)]
     line = lambda cells: "  ".join(str(c).ljust(w) if i < 2 else str(c).rjust(w)  # noqa: E731
-                                   for i, (c, w) in enumerate(zip(cells, widths)))
+                                   for i, (c, w) in enumerate(zip(cells, widths, strict=True)))
     return "\n".join([line(header), "  ".join("-" * w for w in widths), *(line(r) for r in rows)])
 
 
-def print_run_table(model: str, outcomes: Iterable[Any]) -> None:
+def print_run_table(model: str, outcomes: Iterable[Any], rerank_depth: int | None = None) -> None:
     header = ["task", "split", *[name for name, _ in COLUMNS], "published", "diff", "result"]
     print(f"\n{model} (scores in %, published = main score on the MTEB leaderboard)")
-    print(format_table(header, run_table_rows(model, outcomes)))
+    print(format_table(header, run_table_rows(model, outcomes, rerank_depth)))
+    if rerank_depth is not None and any(beyond_depth(key, rerank_depth) for _, key in COLUMNS):
+        print(f"† at or beyond the rerank depth ({rerank_depth}): recall at k >= depth is the first stage's, and ranks "
+              "below the depth keep the first stage's order")

@@ -49,7 +49,9 @@ def iter_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
                 try:
                     obj = json.loads(line)
                 except json.JSONDecodeError as exc:
-                    raise DataFormatError(f"{path}:{lineno}: malformed JSON ({exc.msg} at column {exc.colno})") from None
+                    raise DataFormatError(
+                        f"{path}:{lineno}: malformed JSON ({exc.msg} at column {exc.colno})"
+                    ) from None
                 if not isinstance(obj, dict):
                     raise DataFormatError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
                 yield lineno, obj

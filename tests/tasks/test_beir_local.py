@@ -103,7 +103,8 @@ def test_trec_qrels_and_gzip_are_read(tmp_path: Path) -> None:
          r"corpus\.jsonl:1: document 'd1' has empty title and text"),
         (lambda f: (f / "corpus.jsonl").write_text('{"_id": "d1", "text": "a"}\n{"_id": "d1", "text": "b"}\n'),
          r"corpus\.jsonl:2: duplicate document id 'd1' \(first on line 1\)"),
-        (lambda f: (f / "corpus.jsonl").write_text('{"title": "no id", "text": "a"}\n'), r'corpus\.jsonl:1: missing "_id"'),
+        (lambda f: (f / "corpus.jsonl").write_text('{"title": "no id", "text": "a"}\n'),
+         r'corpus\.jsonl:1: missing "_id"'),
     ],
 )
 def test_bad_input_names_file_and_line(tmp_path: Path, mutate, message: str) -> None:
