@@ -20,7 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from harness.config import PROJECT_ROOT
 from harness.errors import ConfigError
-from harness.models.registry import build_adapter
+from harness.models.registry import adapter_class, build_adapter
 from harness.mteb_import import import_mteb
 from harness.results.io import load_finished, results_dir, sidecar_path, write_task_result, write_trec_run
 from harness.results.per_query import mean_scores, per_query_scores
@@ -57,10 +57,17 @@ def task_configs(cfg: DictConfig) -> list[dict[str, Any]]:
     bench = cfg.get("benchmark")
     if bench:
         merged: dict[str, dict[str, Any]] = {}
+        entries = []
         for i, entry in enumerate(bench.get("tasks") or []):
             if not entry.get("name"):
                 raise ConfigError(f"benchmark {bench.get('name')}: tasks[{i}] has no name")
-            item = merged.setdefault(entry["name"], {"kind": "mteb", "name": entry["name"], "splits": [], "subsets": []})
+            # an aggregate (CQADupstackRetrieval) runs as its subtasks: one result file each, averaged by `report`
+            for sub in entry.get("subtasks") or [entry["name"]]:
+                entries.append({**entry, "name": sub})
+        for entry in entries:
+            item = merged.setdefault(
+                entry["name"], {"kind": "mteb", "name": entry["name"], "splits": [], "subsets": []}
+            )
             if entry.get("split") and entry["split"] not in item["splits"]:
                 item["splits"].append(entry["split"])
             if entry.get("subset") and entry["subset"] not in item["subsets"]:
@@ -71,19 +78,28 @@ def task_configs(cfg: DictConfig) -> list[dict[str, Any]]:
     return [task]
 
 
+def resolve_identity(mcfg: dict[str, Any]) -> dict[str, Any]:
+    """Adapters whose name or revision derive from other keys (``revision: auto`` in bm25, pipelines) fill them in
+    here, from the config alone, so the results folder is known before any model loads."""
+    resolve = getattr(adapter_class(str(mcfg["loader"])), "resolve_identity", None) if mcfg.get("loader") else None
+    return dict(resolve(mcfg)) if resolve else mcfg
+
+
 def quiet_libraries(show_progress: bool) -> None:
     """mteb logs every phase at INFO and datasets draws a bar per map; keep the run's output to our lines."""
     for name in ("mteb", "datasets", "sentence_transformers", "transformers"):
         logging.getLogger(name).setLevel(logging.WARNING)
     if not show_progress:
         import datasets
+        import transformers
 
         datasets.disable_progress_bars()
+        transformers.utils.logging.disable_progress_bar()
 
 
 def run(cfg: DictConfig) -> list[TaskOutcome]:
     quiet_libraries(bool(cfg.get("show_progress")))
-    mcfg = model_config(cfg)
+    mcfg = resolve_identity(model_config(cfg))
     folder = results_dir(cfg.output_dir, str(mcfg["name"]), mcfg.get("revision"))
     outcomes: list[TaskOutcome] = []
     pending: list[Any] = []
@@ -104,7 +120,8 @@ def run(cfg: DictConfig) -> list[TaskOutcome]:
             load_s = 0.0
     from harness.report.run_table import print_run_table
 
-    print_run_table(str(mcfg["name"]), outcomes)
+    rerank_depth = mcfg.get("depth") if mcfg.get("loader") == "pipeline" else None
+    print_run_table(str(mcfg["name"]), outcomes, rerank_depth=rerank_depth)
     return outcomes
 
 
@@ -170,6 +187,10 @@ def evaluate_task(
     sidecars["provenance.json"] = provenance
     for key, run_ in runs.items():
         write_trec_run(sidecar_path(folder, name, f"{key}.run.trec.gz"), run_, tag=adapter.name)
+    # a pipeline's per-stage runs: <Task>.<split>.<subset>.first_stage.run.trec.gz, ...second_stage...
+    extra_runs = getattr(adapter, "extra_runs", None)
+    for key, item in (extra_runs(name) if callable(extra_runs) else {}).items():
+        write_trec_run(sidecar_path(folder, name, f"{key}.run.trec.gz"), item["run"], tag=item["tag"], depth=item["depth"])
     path = write_task_result(folder, task_result, adapter.mteb_model_meta, sidecars)
     for note in notes:
         log.warning(note)
@@ -186,5 +207,7 @@ def _cross_check(
     problems = []
     for metric, value in means.items():
         if metric in entry and abs(round(value, 5) - entry[metric]) > 1.5e-5:
-            problems.append(f"{task} {split}/{subset}: per-query mean {metric}={value:.6f} != mteb {entry[metric]}")
+            problems.append(
+                f"{task} {split}/{subset}: per-query mean {metric}={value:.6f} != mteb {entry[metric]}"
+            )
     return problems

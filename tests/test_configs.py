@@ -56,3 +56,13 @@ def test_each_instruction_file_parses(family: str) -> None:
 
 def test_required_benchmarks_exist() -> None:
     assert {"beir-15", "mteb-eng-v1"} <= set(group_options("benchmark"))
+
+
+def test_benchmark_expands_aggregates_into_subtasks() -> None:
+    from harness.evaluate import task_configs
+
+    tasks = task_configs(compose_with("benchmark=beir-15"))
+    names = [t["name"] for t in tasks]
+    assert len(names) == 14 + 12 and "CQADupstackRetrieval" not in names
+    assert {"CQADupstackAndroidRetrieval", "CQADupstackWordpressRetrieval", "MSMARCO"} <= set(names)
+    assert next(t for t in tasks if t["name"] == "MSMARCO")["splits"] == ["dev"]

@@ -18,6 +18,16 @@ from harness.engine.device import dtype_name, resolve_device, resolve_dtype
 from harness.models.instructions import InstructionTable
 
 
+def _registered_meta(name: str) -> Any | None:
+    from harness.mteb_import import import_mteb
+
+    mteb = import_mteb()
+    try:
+        return mteb.get_model_meta(name)
+    except KeyError:
+        return None
+
+
 class AdapterBase:
     """What the run path needs of any model (embedder, cross-encoder, BM25, pipeline): a name and revision for the
     results folder, a batch size, mteb's ModelMeta, a description for provenance, and the prefixes it used."""
@@ -44,9 +54,14 @@ class AdapterBase:
             from mteb.models.model_meta import ModelMeta, ScoringFunction
 
             fields = self.model_meta_fields()
-            if fields.get("similarity_fn_name"):
-                fields["similarity_fn_name"] = ScoringFunction(fields["similarity_fn_name"])
-            self._meta = ModelMeta.create_empty(overwrites=fields)
+            registered = _registered_meta(fields["name"])
+            if registered is not None:
+                # leaderboard reviewers reject metadata that differs from mteb's registry entry
+                self._meta = registered.model_copy(update={"revision": fields["revision"]})
+            else:
+                if fields.get("similarity_fn_name"):
+                    fields["similarity_fn_name"] = ScoringFunction(fields["similarity_fn_name"])
+                self._meta = ModelMeta.create_empty(overwrites=fields)
         return self._meta
 
     @mteb_model_meta.setter
