@@ -58,9 +58,10 @@ class InstructionTable:
     def load(cls, family: str | None, folder: Path | None = None) -> InstructionTable:
         if not family:
             return cls()
-        from harness.config import INSTRUCTIONS_DIR
+        if folder is None:
+            from harness.config import INSTRUCTIONS_DIR  # omegaconf: only when the project's folder is wanted
 
-        folder = folder or INSTRUCTIONS_DIR
+            folder = INSTRUCTIONS_DIR
         path = folder / f"{family}.yaml"
         if not path.is_file():
             known = ", ".join(sorted(p.stem for p in folder.glob("*.yaml")))
