@@ -97,8 +97,45 @@ def quiet_libraries(show_progress: bool) -> None:
         transformers.utils.logging.disable_progress_bar()
 
 
+def attach_engine(adapter: Any, cfg: DictConfig, ctx: Any) -> None:
+    """Embedders encode through the engine: embedding cache, torchrun ranks, progress (harness/engine/)."""
+    from harness.engine.encode import EncodeEngine, EngineSettings
+    from harness.models.base import EmbeddingAdapter
+
+    if isinstance(adapter, EmbeddingAdapter):
+        settings = EngineSettings.from_config(OmegaConf.to_container(cfg, resolve=True))  # type: ignore[arg-type]
+        adapter.engine = EncodeEngine(settings, ctx)
+
+
+def search_model(adapter: Any, task: Any, cfg: DictConfig, timings: dict[str, float]) -> Any:
+    """What mteb gets for a task: for a retrieval task and an embedder, the streaming exact search over the
+    adapter (it fills ``timings``: encode_queries, encode_corpus, search); otherwise the adapter itself."""
+    from harness.models.base import EmbeddingAdapter
+
+    search = cfg.get("search") or {}
+    if not (search.get("enabled", True) and isinstance(adapter, EmbeddingAdapter) and _is_retrieval(task)):
+        return adapter
+    from harness.engine.search import StreamingSearch
+
+    return StreamingSearch(
+        adapter,
+        ignore_identical_ids=bool(task.ignore_identical_ids),
+        device=search.get("device"),
+        chunk_rows=search.get("chunk_rows"),
+        query_block=search.get("query_block"),
+        prefilter=str(search.get("prefilter") or "auto"),
+        timings=timings,
+    )
+
+
 def run(cfg: DictConfig) -> list[TaskOutcome]:
+    from harness.engine import distributed
+    from harness.engine.memory import tune_cpu_allocator
+
     quiet_libraries(bool(cfg.get("show_progress")))
+    tune_cpu_allocator()  # large activations reused from the heap, not page-faulted in per batch
+    # torchrun / SLURM ranks: every rank runs this path; only rank 0 writes (harness/engine/distributed.py)
+    ctx = distributed.setup("cpu" if str(cfg.get("device")) == "cpu" else None)
     mcfg = resolve_identity(model_config(cfg))
     folder = results_dir(cfg.output_dir, str(mcfg["name"]), mcfg.get("revision"))
     outcomes: list[TaskOutcome] = []
@@ -110,14 +147,18 @@ def run(cfg: DictConfig) -> list[TaskOutcome]:
             outcomes.append(TaskOutcome(done.task_name, folder / f"{done.task_name}.json", done.scores, skipped=True))
         else:
             pending.append(tcfg)
+    pending = ctx.broadcast(pending)  # rank 0's view of the results folder decides for every rank
     if pending:
         tasks = [load_task(t) for t in pending]  # validates local data before the (slow) model load
         start = time.perf_counter()
         adapter = build_adapter(mcfg)
+        attach_engine(adapter, cfg, ctx)
         load_s = time.perf_counter() - start
         for task in tasks:
             outcomes.append(evaluate_task(adapter, task, folder, cfg, {"load_model": load_s}))
             load_s = 0.0
+    if not ctx.is_main:
+        return outcomes
     from harness.report.run_table import print_run_table
 
     rerank_depth = mcfg.get("depth") if mcfg.get("loader") == "pipeline" else None
@@ -134,17 +175,23 @@ def _is_retrieval(task: Any) -> bool:
 def evaluate_task(
     adapter: Any, task: Any, folder: Path, cfg: DictConfig, timings: Mapping[str, float] | None = None
 ) -> TaskOutcome:
+    from harness.engine.distributed import context
+
     mteb = import_mteb()
     name = task.metadata.name
     timings = dict(timings or {})
     start = time.perf_counter()
     task.load_data()
     timings["load_data"] = time.perf_counter() - start
-    folder.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=".predictions-", dir=folder) as pred_dir:
+    main = context().is_main
+    if main:
+        folder.mkdir(parents=True, exist_ok=True)
+    model = search_model(adapter, task, cfg, timings)
+    # ranks other than 0 help encode and write nothing: their predictions go to a folder of their own
+    with tempfile.TemporaryDirectory(prefix=".predictions-", dir=folder if main else None) as pred_dir:
         start = time.perf_counter()
         model_result = mteb.evaluate(
-            adapter,
+            model,
             task,
             cache=None,
             overwrite_strategy="always",
@@ -156,6 +203,9 @@ def evaluate_task(
         )
         timings["evaluate"] = time.perf_counter() - start
         task_result = model_result.task_results[0]
+        timings.update(_phase_timings(task_result, timings))
+        if not main:
+            return TaskOutcome(name, folder / f"{name}.json", task_result.scores, notes=["not rank 0: not written"])
         pred_file = Path(pred_dir) / f"{name}_predictions.json"
         predictions = json.loads(pred_file.read_text()) if pred_file.is_file() else {}
 
@@ -190,11 +240,27 @@ def evaluate_task(
     # a pipeline's per-stage runs: <Task>.<split>.<subset>.first_stage.run.trec.gz, ...second_stage...
     extra_runs = getattr(adapter, "extra_runs", None)
     for key, item in (extra_runs(name) if callable(extra_runs) else {}).items():
-        write_trec_run(sidecar_path(folder, name, f"{key}.run.trec.gz"), item["run"], tag=item["tag"], depth=item["depth"])
+        run_path = sidecar_path(folder, name, f"{key}.run.trec.gz")
+        write_trec_run(run_path, item["run"], tag=item["tag"], depth=item["depth"])
     path = write_task_result(folder, task_result, adapter.mteb_model_meta, sidecars)
     for note in notes:
         log.warning(note)
     return TaskOutcome(name, path, task_result.scores, notes=notes)
+
+
+def _phase_timings(task_result: Any, timings: Mapping[str, float]) -> dict[str, float]:
+    """The provenance's per-phase seconds: load (model + data), encode_queries, encode_corpus, search (filled by
+    the streaming search when it ran), score (mteb's "Scoring" phases)."""
+    phases = list(getattr(task_result, "evaluation_phases", None) or [])
+    out = {"load": timings.get("load_model", 0.0) + timings.get("load_data", 0.0)}
+    out["score"] = sum(float(p["end"]) - float(p["start"]) for p in phases if p.get("name") == "Scoring")
+    if "encode_corpus" not in timings:  # mteb's own search: its phases, as it names them
+        named = {"Encoding queries": "encode_queries", "Encoding corpus": "encode_corpus", "Searching corpus": "search"}
+        for phase in phases:
+            key = named.get(str(phase.get("name")))
+            if key:
+                out[key] = out.get(key, 0.0) + float(phase["end"]) - float(phase["start"])
+    return out
 
 
 def _cross_check(

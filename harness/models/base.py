@@ -88,6 +88,9 @@ class AdapterBase:
 class EmbeddingAdapter(AdapterBase):
     """Base class for embedders. Config keys: see ``conf/model/*.yaml``."""
 
+    #: the encode engine (embedding cache, torchrun ranks, progress), set by the run path; None: ``embed`` directly
+    engine: Any = None
+
     def __init__(self, cfg: Mapping[str, Any]):
         super().__init__(cfg)
         self.device = resolve_device(cfg.get("device"))
@@ -124,13 +127,53 @@ class EmbeddingAdapter(AdapterBase):
         ``task`` picks the instruction from the family's file; ``instruction`` overrides it with a bare task
         instruction that the family's template wraps; ``instruction=""`` means no instruction.
         """
-        prefix = self.instructions.prefix_for(role, task=task, task_type=task_type, instruction=instruction)
-        self.prefixes_used.setdefault(task or "<none>", {})[role] = prefix
+        prefix = self._resolve_prefix(role, task, task_type, instruction)
         texts = list(texts)
         if not texts:
             return np.zeros((0, self.embed_dim or 0), dtype=np.float32)
+        if self.engine is not None:  # the run path: cache, ranks, progress (harness/engine/encode.py)
+            embed_fn = self._embed_fn(prefix, role, batch_size)
+            return self.engine.encode_dense(
+                embed_fn, texts, key=self.vector_key_fields(role, prefix), role=role, label=self.name
+            )
         vectors = self.embed(texts, prefix=prefix, role=role, batch_size=batch_size or self.batch_size)
         return np.asarray(vectors, dtype=np.float32)
+
+    def encode_corpus(
+        self,
+        texts: Sequence[str],
+        task: str | None = None,
+        instruction: str | None = None,
+        *,
+        task_type: str | None = None,
+        batch_size: int | None = None,
+    ) -> Any:
+        """Document vectors as ``harness.engine.encode.EncodedTexts``: shards (cached when the engine has a
+        cache) that the streaming search reads one at a time, so a corpus need not fit in memory."""
+        from harness.engine.encode import EncodeEngine
+
+        prefix = self._resolve_prefix("document", task, task_type, instruction)
+        engine = self.engine if self.engine is not None else EncodeEngine()
+        embed_fn = self._embed_fn(prefix, "document", batch_size)
+        key = self.vector_key_fields("document", prefix)
+        return engine.encode(embed_fn, list(texts), key=key, role="document", label=self.name)
+
+    def _resolve_prefix(self, role: str, task: str | None, task_type: str | None, instruction: str | None) -> str:
+        prefix = self.instructions.prefix_for(role, task=task, task_type=task_type, instruction=instruction)
+        self.prefixes_used.setdefault(task or "<none>", {})[role] = prefix
+        return prefix
+
+    def _embed_fn(self, prefix: str, role: str, batch_size: int | None) -> Any:
+        size = batch_size or self.batch_size
+        return lambda texts: self.embed(texts, prefix=prefix, role=role, batch_size=size)
+
+    def vector_key_fields(self, role: str, prefix: str) -> dict[str, Any]:
+        """What identifies a vector in the embedding cache: everything ``describe()`` says changes it, the role
+        and the exact prefix string. The device counts by type only (``cuda:3`` computes what ``cuda:0`` does;
+        a GPU does not compute what a CPU does); where the instruction file lives does not count (its strings do)."""
+        fields = {k: v for k, v in self.describe().items() if k != "instructions_source"}
+        fields["device"] = str(fields.get("device", "")).split(":")[0]
+        return {"model": fields, "role": role, "prefix": prefix}
 
     # -- mteb's EncoderProtocol -------------------------------------------------------------------------
     def encode(
