@@ -220,6 +220,9 @@ class EmbeddingAdapter(AdapterBase):
             "framework": ["PyTorch"],
         }
         fields.update(dict(self.cfg.get("meta") or {}))
+        module = getattr(self, "model", None)
+        if "n_parameters" not in fields and hasattr(module, "parameters"):
+            fields["n_parameters"] = sum(p.numel() for p in module.parameters())
         return fields
 
     def describe(self) -> dict[str, Any]:

@@ -134,11 +134,6 @@ class LlamaEmbedAdapter(EmbeddingAdapter):
                 out[[start + i for i in batch]] = vectors.cpu().numpy()
         return out
 
-    def model_meta_fields(self) -> dict[str, Any]:
-        fields = super().model_meta_fields()
-        fields.setdefault("n_parameters", sum(p.numel() for p in self.model.parameters()))
-        return fields
-
     def describe(self) -> dict[str, Any]:
         return {
             **super().describe(),

@@ -147,11 +147,6 @@ class NVRetrieverAdapter(EmbeddingAdapter):
             )
         return out
 
-    def model_meta_fields(self) -> dict[str, Any]:
-        fields = super().model_meta_fields()
-        fields.setdefault("n_parameters", sum(p.numel() for p in self.model.parameters()))
-        return fields
-
     def describe(self) -> dict[str, Any]:
         return {
             **super().describe(),
