@@ -214,7 +214,7 @@ class EncodeEngine:
         label: str = "model",
         cache: bool | None = None,
     ) -> EncodedTexts:
-        """Vectors for ``texts`` (complete on rank 0; on other ranks only after ``dense_everywhere``).
+        """Vectors for ``texts``: complete on rank 0 (``encode_dense`` gives every rank all of them).
 
         ``key``: the fields that identify the vectors (model description, role, prefix); ``cache``: override the
         settings' role rule (None: cache when ``role`` is in ``cache_roles``).

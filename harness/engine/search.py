@@ -20,13 +20,16 @@ and candidates are rescored exactly in fp32. The result is the exact fp32 top-k,
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
+import queue
+import threading
 import time
 import warnings
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -34,6 +37,7 @@ import torch
 log = logging.getLogger(__name__)
 
 INT64_MIN = -(2**63)
+T = TypeVar("T")
 _TWO32 = 2**32
 
 
@@ -217,6 +221,22 @@ def _candidates_positive(
     return queries.index_select(0, hit), groups.index_select(0, hit) * _GROUP + offset
 
 
+@contextlib.contextmanager
+def _exact_matmuls(device: torch.device) -> Iterator[None]:
+    """On CUDA: fp32 products in full fp32 (no TF32) and bf16 products accumulated in fp32 throughout (no
+    reduced-precision split-K), which the error bound of the bf16 prefilter assumes."""
+    if device.type != "cuda":
+        yield
+        return
+    matmul = torch.backends.cuda.matmul
+    saved = (matmul.allow_tf32, matmul.allow_bf16_reduced_precision_reduction)
+    matmul.allow_tf32, matmul.allow_bf16_reduced_precision_reduction = False, False
+    try:
+        yield
+    finally:
+        matmul.allow_tf32, matmul.allow_bf16_reduced_precision_reduction = saved
+
+
 def exact_search(
     queries: Any,
     chunks: Iterable[tuple[Any, Any]],
@@ -244,7 +264,7 @@ def exact_search(
         raise ValueError(f"similarity must be cosine or dot, got {similarity!r}")
     if prefilter not in ("auto", "bf16", "none"):
         raise ValueError(f"prefilter must be auto, bf16 or none, got {prefilter!r}")
-    with torch.inference_mode():
+    with torch.inference_mode(), _exact_matmuls(dev):
         q = _as_tensor(queries, dev)
         if similarity == "cosine":
             q = torch.nn.functional.normalize(q, dim=-1)
@@ -328,13 +348,14 @@ def _search_chunk(
             stats.filtered_blocks += 1
             # A document can enter only if its fp32 score s >= tau. Its bf16-input product acc (accumulated in
             # fp32) satisfies acc >= s - eps, eps = the inputs' rounding (exact residual norms) plus two fp32
-            # accumulation errors (x1.25 for safety); the bf16 output rounds acc by at most 2^-9 |acc|, and the
-            # threshold itself is rounded down to a bf16 value: 2^-8 relative each way covers both.
+            # accumulation errors (x1.25 for safety). The bf16 output rounds acc to nearest, off by at most
+            # 2^-8 |acc| (8-bit significand), so approx >= L - 2^-8 |L| with L = tau - eps; that bound is then
+            # rounded down to a bf16 value (a 2^-7 relative step covers the conversion's own rounding).
             qn = q16_norm[a:b]
             eps = (q_err[a:b] * d_norm_max + qn * d_err_max + 2.5 * gamma * qn * d16_norm_max) * 1.25 + 1e-7
             lower = state.tau[a:b] - eps
             lower = lower - lower.abs() * 2.0**-8
-            lower = (lower - lower.abs() * 2.0**-8).to(torch.bfloat16)
+            lower = (lower - lower.abs() * 2.0**-7).to(torch.bfloat16)
             if n % _GROUP == 0 and bool((lower > 0).all()):
                 rows, cols = _candidates_positive(d16, q16_t_blocks[block_no], lower)
             else:
@@ -354,6 +375,30 @@ def _search_chunk(
         stats.candidates += int(rows.numel())
         keys = compose_keys(exact, doc_rank.index_select(0, cols))
         state.merge(a, b, rows, keys, doc_index.index_select(0, cols))
+
+
+def prefetch(items: Iterator[T], depth: int = 1) -> Iterator[T]:
+    """``items``, produced one ahead in a thread: reading and checksumming the next shards (numpy copies and
+    zlib release the GIL) overlaps the matrix products on the current chunk."""
+    box: queue.Queue[Any] = queue.Queue(maxsize=depth)
+    done = object()
+
+    def produce() -> None:
+        try:
+            for item in items:
+                box.put((True, item))
+        except BaseException as exc:  # handed to the consumer, raised there
+            box.put((False, exc))
+        box.put((True, done))
+
+    threading.Thread(target=produce, name="harness-prefetch", daemon=True).start()
+    while True:
+        ok, item = box.get()
+        if not ok:
+            raise item
+        if item is done:
+            return
+        yield item
 
 
 # -- mteb's SearchProtocol ---------------------------------------------------------------------------------------
@@ -506,7 +551,7 @@ class StreamingSearch:
         stats = SearchStats()
         scores, indices = exact_search(
             query_vectors,
-            encoded.chunks(chunk_rows),
+            prefetch(encoded.chunks(chunk_rows)),
             top_k=min(int(top_k), len(corpus_ids)),
             id_rank=id_ranks(corpus_ids),
             similarity=similarity,
@@ -517,11 +562,11 @@ class StreamingSearch:
             stats=stats,
         )
         self.stats.append(stats)
+        names = np.asarray(corpus_ids, dtype=object)
         results: dict[str, dict[str, float]] = {}
         for row, qid in enumerate(query_ids):
             valid = indices[row] >= 0
-            pairs = zip(scores[row][valid].tolist(), indices[row][valid].tolist(), strict=True)
-            results[qid] = {corpus_ids[j]: float(s) for s, j in pairs}
+            results[qid] = dict(zip(names[indices[row][valid]].tolist(), scores[row][valid].tolist(), strict=True))
         return results
 
 
