@@ -10,6 +10,8 @@ process, alternating, then warm (cached) reruns of ours.
 * forward share: seconds inside the model's forward pass (``SentenceTransformer.forward``, timed) over our
   cold wall time.
 * scores: every metric of the three result sets; ``max_score_diff`` is the largest absolute difference.
+* CPU seconds (user + system, this process) per run are printed beside wall times: on a machine shared with
+  other jobs they show whether a slow wall time was this run's work or someone else's.
 
 Imports (torch, mteb, sentence-transformers) happen once, before any timing. The last line is
 ``SUMMARY cold_ratio=… forward_share=… warm_speedup=… max_score_diff=…`` (cold_ratio = ours / mteb).
@@ -21,6 +23,7 @@ import argparse
 import gc
 import json
 import os
+import resource
 import shutil
 import statistics
 import sys
@@ -56,6 +59,11 @@ def time_forward() -> None:
 def metrics(scores: dict[str, Any]) -> dict[str, float]:
     entry = scores["test"][0]
     return {k: float(v) for k, v in entry.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
+def cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 def run_mteb(batch_size: int) -> tuple[float, dict[str, float]]:
@@ -113,6 +121,7 @@ def main() -> None:
     mteb_walls: list[float] = []
     cold: list[tuple[float, float]] = []  # (wall, forward seconds)
     warm: list[float] = []
+    cpu: dict[str, list[float]] = {"mteb": [], "ours": []}
     all_scores: dict[str, dict[str, float]] = {}
     for r in range(args.rounds):
         base = [f"batch_size={args.batch_size}", "device=cpu", "overwrite=true", f"cache_dir={work}/cache{r}"]
@@ -120,16 +129,21 @@ def main() -> None:
         order = ("ours", "mteb") if r % 2 == 0 else ("mteb", "ours")
         for which in order:
             gc.collect()
+            cpu_start = cpu_seconds()
             if which == "mteb":
                 wall, scores = run_mteb(args.batch_size)
                 mteb_walls.append(wall)
-                print(f"round {r}: mteb stock      {wall:8.1f} s  nDCG@10 {scores['ndcg_at_10']:.5f}", flush=True)
+                cpu["mteb"].append(cpu_seconds() - cpu_start)
+                print(f"round {r}: mteb stock      {wall:8.1f} s  (cpu {cpu['mteb'][-1]:7.1f} s)  "
+                      f"nDCG@10 {scores['ndcg_at_10']:.5f}", flush=True)
             else:
                 FORWARD_SECONDS = 0.0
                 wall, scores = run_ours([*base, f"output_dir={work}/ours{r}"])
                 cold.append((wall, FORWARD_SECONDS))
-                print(f"round {r}: ours cold       {wall:8.1f} s  forward {FORWARD_SECONDS:7.1f} s "
-                      f"({FORWARD_SECONDS / wall:.1%})  nDCG@10 {scores['ndcg_at_10']:.5f}", flush=True)
+                cpu["ours"].append(cpu_seconds() - cpu_start)
+                print(f"round {r}: ours cold       {wall:8.1f} s  (cpu {cpu['ours'][-1]:7.1f} s)  forward "
+                      f"{FORWARD_SECONDS:7.1f} s ({FORWARD_SECONDS / wall:.1%})  nDCG@10 {scores['ndcg_at_10']:.5f}",
+                      flush=True)
                 all_scores[f"ours_cold{r}"] = scores
                 gc.collect()
                 wall, scores = run_ours([*base, f"output_dir={work}/warm{r}"])
@@ -149,7 +163,9 @@ def main() -> None:
     forward_share = statistics.mean(f / w for w, f in cold)
     warm_speedup = cold_wall / statistics.mean(warm)
     mteb_wall, warm_wall = statistics.mean(mteb_walls), statistics.mean(warm)
-    print(f"mteb {mteb_wall:.1f} s, ours cold {cold_wall:.1f} s, ours warm {warm_wall:.2f} s")
+    print(f"mteb {mteb_wall:.1f} s, ours cold {cold_wall:.1f} s, ours warm {warm_wall:.2f} s (means); "
+          f"best rounds: mteb {min(mteb_walls):.1f} s, ours {min(w for w, _ in cold):.1f} s; "
+          f"cpu seconds ours/mteb {statistics.mean(cpu['ours']) / statistics.mean(cpu['mteb']):.3f}")
     print(f"SUMMARY cold_ratio={cold_ratio:.3f} forward_share={forward_share:.3f} "
           f"warm_speedup={warm_speedup:.1f} max_score_diff={diff:.2e}")
 
