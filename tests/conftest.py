@@ -12,6 +12,8 @@ import pytest
 
 # before anything imports mteb (it creates its cache folder at import) or reaches for the hub
 os.environ.setdefault("MTEB_CACHE", tempfile.mkdtemp(prefix="mteb-cache-"))
+# a fresh embedding cache per session: a rerun must encode again, never read vectors a previous run left
+os.environ["HARNESS_CACHE_DIR"] = tempfile.mkdtemp(prefix="harness-embeddings-")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
