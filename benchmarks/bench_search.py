@@ -102,6 +102,7 @@ def worker_ours(work: Path, docs: int, top_k: int) -> dict[str, Any]:
     return {"wall": wall, "results": results, "base_rss": base_rss, "extra": {
         "prefilter": stats.prefilter, "candidates_per_query": stats.candidates / len(queries),
         "prefilter_candidates_per_query": stats.prefilter_candidates / len(queries),
+        "passes": stats.passes, "uncertified": stats.uncertified,
     }}
 
 

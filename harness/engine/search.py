@@ -12,6 +12,14 @@ so far). For each later chunk only scores at or above the threshold are candidat
 instead of a selection, and the candidates (a handful per query and chunk) are merged into the running top-k
 by a ``topk`` over ``k + candidates`` int64 keys that order by (score, id rank), which is what makes ties exact.
 
+The admission floor: a running threshold admits about ``k (1 + ln(N / chunk))`` candidates per query, most of
+them early, while it is still low. When the corpus can be read again, the first chunk also sets a floor per
+query: its j-th best score there, j chosen so that about ``3k`` documents of the whole corpus are expected above
+it. Documents below ``max(threshold, floor)`` are never candidates (about 45 % fewer on the benchmark). The
+floor costs no exactness: a query whose k-th best ends at or above its floor has lost only documents below its
+k-th; a query whose floor proved too high (fewer than k above it: an unlucky first chunk) is searched again,
+alone, without a floor (``SearchStats.uncertified``).
+
 Optional prefilter (``prefilter``: auto|bf16|none): the chunk is scored first in bfloat16 (AMX/AVX512-BF16
 CPUs and GPUs do that several times faster than fp32); a proven bound on the bf16 error (from the exact norms
 of the rounding residuals) widens the threshold, so every document that could enter the top-k is a candidate,
@@ -27,7 +35,7 @@ import queue
 import threading
 import time
 import warnings
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -77,6 +85,8 @@ class SearchStats:
     dense_blocks: int = 0
     filtered_blocks: int = 0
     prefilter: str = "none"
+    passes: int = 0
+    uncertified: int = 0
     seconds: float = 0.0
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -111,6 +121,20 @@ class _TopK:
         self.docs = torch.full((n_queries, k), -1, dtype=torch.int64, device=device)
         self.tau = torch.full((n_queries,), -math.inf, dtype=torch.float32, device=device)
         self.full = torch.zeros(n_queries, dtype=torch.bool, device=device)
+        # an admission floor guessed from the first chunk (see exact_search); -inf: none
+        self.floor = torch.full((n_queries,), -math.inf, dtype=torch.float32, device=device)
+
+    def bar(self, a: int, b: int) -> torch.Tensor:
+        """The score a document must reach to enter rows ``a..b``: the k-th so far, or the floor if higher."""
+        return torch.maximum(self.tau[a:b], self.floor[a:b])
+
+    def has_bar(self, a: int, b: int) -> bool:
+        return bool((self.full[a:b] | (self.floor[a:b] > -math.inf)).all())
+
+    def certified(self) -> torch.Tensor:
+        """Rows whose top-k is exact despite the floor: full, with the k-th at or above the floor (every document
+        left out scored below the bar, hence below the k-th)."""
+        return (self.full & (self.tau >= self.floor)) | (self.floor == -math.inf)
 
     def merge(self, a: int, b: int, rows: torch.Tensor, keys: torch.Tensor, docs: torch.Tensor) -> None:
         """Merge candidates (``rows`` local to ``[a, b)``, sorted ascending) into rows ``a..b``."""
@@ -239,7 +263,7 @@ def _exact_matmuls(device: torch.device) -> Iterator[None]:
 
 def exact_search(
     queries: Any,
-    chunks: Iterable[tuple[Any, Any]],
+    chunks: Iterable[tuple[Any, Any]] | Callable[[], Iterable[tuple[Any, Any]]],
     *,
     top_k: int,
     id_rank: Any,
@@ -253,9 +277,11 @@ def exact_search(
     """The exact top-k of each query over a corpus given as chunks.
 
     ``queries``: ``[Q, dim]``. ``chunks``: ``(vectors [n, dim], corpus indices [n])`` pairs covering the corpus
-    once, in any order. ``id_rank[i]``: corpus index ``i``'s place in ascending id order (ties go to the larger).
-    ``exclude[q]``: a corpus index never returned for query ``q`` (-1: none). Returns ``scores [Q, k]`` (float32,
-    descending) and ``indices [Q, k]`` (int64; -1 where the corpus has fewer than k documents).
+    once, in any order; a sequence of them, or a callable that returns them afresh (the same chunks each time),
+    can be read twice, which enables the admission floor (module docstring). ``id_rank[i]``: corpus index
+    ``i``'s place in ascending id order (ties go to the larger). ``exclude[q]``: a corpus index never returned
+    for query ``q`` (-1: none). Returns ``scores [Q, k]`` (float32, descending) and ``indices [Q, k]`` (int64;
+    -1 where the corpus has fewer than k documents).
     """
     start_time = time.perf_counter()
     stats = stats if stats is not None else SearchStats()
@@ -268,34 +294,80 @@ def exact_search(
         q = _as_tensor(queries, dev)
         if similarity == "cosine":
             q = torch.nn.functional.normalize(q, dim=-1)
-        n_queries, k = q.shape[0], int(top_k)
+        k = int(top_k)
         rank_t = torch.as_tensor(np.asarray(id_rank, dtype=np.int64), device=dev)
         exclude_t = torch.as_tensor(np.asarray(exclude, dtype=np.int64), device=dev) if exclude is not None else None
-        block = int(query_block or (8192 if dev.type == "cuda" else 2048))
+        block = int(query_block or (8192 if dev.type == "cuda" else 4096))
         use_bf16 = prefilter == "bf16" or (prefilter == "auto" and bf16_is_fast(dev))
         stats.prefilter = "bf16" if use_bf16 else "none"
-        state = _TopK(n_queries, k, dev)
-        if use_bf16:
-            q16 = q.to(torch.bfloat16)
-            q16f = q16.float()
-            q_err = torch.linalg.vector_norm(q - q16f, dim=1)  # exact norms of the rounding residuals
-            q16_norm = torch.linalg.vector_norm(q16f, dim=1)
-            q16_t = [q16[a : a + block].t().contiguous() for a in range(0, n_queries, block)]
-            del q16f, q16
-        for vectors, indices in chunks:
-            d = _as_tensor(vectors, dev)
-            if d.shape[0] == 0:
-                continue
-            if similarity == "cosine":
-                d = torch.nn.functional.normalize(d, dim=-1)
-            doc_index = torch.as_tensor(np.asarray(indices, dtype=np.int64), device=dev)
-            _search_chunk(state, q, d, doc_index, rank_t[doc_index], exclude_t, block, stats,
-                          (q16_t, q_err, q16_norm) if use_bf16 else None)
+        bf16 = _bf16_queries(q, block) if use_bf16 else None
+        reopen: Callable[[], Iterable[tuple[Any, Any]]] | None = None
+        if callable(chunks):
+            reopen = chunks
+        elif isinstance(chunks, Sequence):
+            reopen = lambda: iter(chunks)  # noqa: E731
+        first = reopen() if reopen is not None else chunks
+        state = _one_pass(q, first, k, rank_t, exclude_t, block, bf16, similarity, stats, guess=reopen is not None)
+        failed = torch.nonzero(~state.certified()).flatten()
+        stats.uncertified += int(failed.numel())
+        if failed.numel() and reopen is not None:  # the floor was too high for these: search them again without
+            few = q.index_select(0, failed)
+            # a handful of queries: plain fp32 products cost less than converting every chunk to bf16
+            again_bf16 = _bf16_queries(few, block) if use_bf16 and few.shape[0] >= 64 else None
+            again = _one_pass(
+                few, reopen(), k, rank_t, exclude_t.index_select(0, failed) if exclude_t is not None else None,
+                block, again_bf16, similarity, stats, guess=False,
+            )
+            state.keys[failed], state.docs[failed] = again.keys, again.docs
         scores_out = decode_scores(state.keys).cpu().numpy()
         docs_out = state.docs.cpu().numpy()
     scores_out[docs_out < 0] = -np.inf
     stats.seconds += time.perf_counter() - start_time
     return scores_out, docs_out
+
+
+def _bf16_queries(q: torch.Tensor, block: int) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]:
+    """The queries in bf16, transposed per block, with the exact norms of the rounding residuals and of the
+    rounded vectors (the error bound needs both)."""
+    q16 = q.to(torch.bfloat16)
+    q16f = q16.float()
+    blocks = [q16[a : a + block].t().contiguous() for a in range(0, q.shape[0], block)]
+    return blocks, torch.linalg.vector_norm(q - q16f, dim=1), torch.linalg.vector_norm(q16f, dim=1)
+
+
+def _one_pass(
+    q: torch.Tensor,
+    chunks: Iterable[tuple[Any, Any]],
+    k: int,
+    rank_t: torch.Tensor,
+    exclude_t: torch.Tensor | None,
+    block: int,
+    bf16: tuple[list[torch.Tensor], torch.Tensor, torch.Tensor] | None,
+    similarity: str,
+    stats: SearchStats,
+    *,
+    guess: bool,
+) -> _TopK:
+    """One read of the corpus. With ``guess``, the first chunk also sets each query's admission floor: its
+    j-th best score there, j chosen so that about 3k documents of the whole corpus are expected above it (if the
+    chunk is a fair sample). Fewer candidates reach the rescoring and the merges; a query whose floor proves too
+    high (fewer than k documents above it) is left uncertified for the caller to search again."""
+    state = _TopK(q.shape[0], k, q.device)
+    n_corpus = rank_t.numel()
+    stats.passes += 1
+    for vectors, indices in chunks:
+        d = _as_tensor(vectors, q.device)
+        n = d.shape[0]
+        if n == 0:
+            continue
+        if similarity == "cosine":
+            d = torch.nn.functional.normalize(d, dim=-1)
+        doc_index = torch.as_tensor(np.asarray(indices, dtype=np.int64), device=q.device)
+        # a chunk under 1/8 of the corpus: the guess rank j then stays well under k (no guess otherwise)
+        j = math.ceil(3 * k * n / n_corpus) if guess and 8 * n <= n_corpus else None
+        _search_chunk(state, q, d, doc_index, rank_t[doc_index], exclude_t, block, stats, bf16, j)
+        guess = False  # the first chunk only
+    return state
 
 
 def _search_chunk(
@@ -308,6 +380,7 @@ def _search_chunk(
     block: int,
     stats: SearchStats,
     bf16: tuple[list[torch.Tensor], torch.Tensor, torch.Tensor] | None,
+    guess: int | None = None,
 ) -> None:
     n, dim = d.shape
     k = state.k
@@ -318,28 +391,31 @@ def _search_chunk(
     if bf16 is not None:
         q16_t_blocks, q_err, q16_norm = bf16
         d16 = d.to(torch.bfloat16)
-        d16f = d16.float()
-        d_err_max = float(torch.linalg.vector_norm(d - d16f, dim=1).max())
+        residual = d16.float().sub_(d)  # in place: one temporary, not two
+        d_err_max = float(torch.linalg.vector_norm(residual, dim=1).max())
+        del residual
         d_norm_max = float(torch.linalg.vector_norm(d, dim=1).max())
-        d16_norm_max = float(torch.linalg.vector_norm(d16f, dim=1).max())
-        del d16f
+        d16_norm_max = d_norm_max + d_err_max  # triangle inequality: one pass over the chunk fewer
         gamma = dim * 2.0**-24 / (1 - dim * 2.0**-24)  # relative error bound of fp32 accumulation over `dim`
     for block_no, a in enumerate(range(0, q.shape[0], block)):
         b = min(q.shape[0], a + block)
         excluded = _excluded_pairs(exclude_t, a, b, sorted_docs, perm)
-        all_full = bool(state.full[a:b].all())
+        all_full = state.has_bar(a, b)
         if not all_full or bf16 is None:
             if d_t is None:
                 d_t = d.t().contiguous()  # the layout the CPU matmul kernels read fastest
             scores = torch.mm(q[a:b], d_t)
             if excluded is not None:
                 scores[excluded[0], excluded[1]] = -math.inf
-            thr = state.tau[a:b]
+            thr = state.bar(a, b)
             if not all_full:
                 # a document below the chunk's own k-th score has k better ones here: it cannot enter
-                kth = torch.topk(scores, min(k, n), dim=1).values[:, -1]
-                thr = torch.maximum(thr, kth)
+                top = torch.topk(scores, min(k, n), dim=1).values
+                thr = torch.maximum(thr, top[:, -1])
                 stats.dense_blocks += 1
+                if guess is not None and guess < top.shape[1]:
+                    # documents scoring above this chunk's guess-th are expected to number about 3k in the corpus
+                    state.floor[a:b] = torch.maximum(state.floor[a:b], top[:, guess - 1])
             else:
                 stats.filtered_blocks += 1
             rows, cols = sparse_nonzero(scores >= thr[:, None])
@@ -353,7 +429,7 @@ def _search_chunk(
             # rounded down to a bf16 value (a 2^-7 relative step covers the conversion's own rounding).
             qn = q16_norm[a:b]
             eps = (q_err[a:b] * d_norm_max + qn * d_err_max + 2.5 * gamma * qn * d16_norm_max) * 1.25 + 1e-7
-            lower = state.tau[a:b] - eps
+            lower = state.bar(a, b) - eps
             lower = lower - lower.abs() * 2.0**-8
             lower = (lower - lower.abs() * 2.0**-7).to(torch.bfloat16)
             if n % _GROUP == 0 and bool((lower > 0).all()):
@@ -370,7 +446,7 @@ def _search_chunk(
                 rows, cols = rows[keep], cols[keep]
             # the exact fp32 score of each candidate; only those that reach the threshold go on
             exact = torch.einsum("ij,ij->i", q.index_select(0, rows + a), d.index_select(0, cols))
-            keep = torch.nonzero(exact >= state.tau.index_select(0, rows + a)).flatten()
+            keep = torch.nonzero(exact >= state.bar(a, b).index_select(0, rows)).flatten()
             rows, cols, exact = rows.index_select(0, keep), cols.index_select(0, keep), exact.index_select(0, keep)
         stats.candidates += int(rows.numel())
         keys = compose_keys(exact, doc_rank.index_select(0, cols))
@@ -543,7 +619,7 @@ class StreamingSearch:
     ) -> dict[str, dict[str, float]]:
         device = self.device or str(getattr(self.adapter, "device", "cpu"))
         dev = torch.device(device)
-        chunk_rows = int(self.chunk_rows or (65536 if dev.type == "cuda" else 16384))
+        chunk_rows = int(self.chunk_rows or (65536 if dev.type == "cuda" else 32768))
         exclude = None
         if self.ignore_identical_ids:
             position = {doc: i for i, doc in enumerate(corpus_ids)}
@@ -551,7 +627,7 @@ class StreamingSearch:
         stats = SearchStats()
         scores, indices = exact_search(
             query_vectors,
-            prefetch(encoded.chunks(chunk_rows)),
+            lambda: prefetch(encoded.chunks(chunk_rows)),  # re-readable: a query whose floor fails is searched again
             top_k=min(int(top_k), len(corpus_ids)),
             id_rank=id_ranks(corpus_ids),
             similarity=similarity,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -119,3 +120,30 @@ def test_half_written_shard_counts_as_missing(tmp_path: Path) -> None:
 def test_digests_are_content_hashes() -> None:
     d = text_digests(["a", "b", "a"])
     assert d[0] == d[2] != d[1] and d.dtype == np.dtype("S16")
+
+
+def test_crc32_records_without_xxhash_are_verified_too(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where xxhash is missing (a bare GPU box) shards are written with CRC-32; both record kinds are read, and a
+    record naming XXH3-64 on such a box counts as unverifiable (re-encoded), never as good data."""
+    from harness.engine import cache
+
+    assert cache.xxhash is not None  # the harness installs it: the fast path is the one normally taken
+    first = engine(tmp_path).encode(CountingEmbed(), TEXTS, key=key(), role="document")
+    assert "xxh3_64" in json.loads(first.entry.record_path(0).read_text())
+    expected = first.dense()
+
+    monkeypatch.setattr(cache, "xxhash", None)
+    with pytest.raises(CorruptShardError, match="xxhash package is not installed"):
+        first.entry.read_shard(0)
+    crc_dir = tmp_path / "crc"
+    crc = engine(crc_dir).encode(CountingEmbed(), TEXTS, key=key(), role="document")
+    assert "crc32" in json.loads(crc.entry.record_path(1).read_text())
+    np.testing.assert_array_equal(crc.dense(), expected)
+    data = bytearray(crc.entry.shard_path(1).read_bytes())
+    data[-3] ^= 0x10
+    crc.entry.shard_path(1).write_bytes(bytes(data))
+    with pytest.raises(CorruptShardError, match="checksum mismatch"):
+        crc.entry.read_shard(1)
+
+    monkeypatch.undo()  # CRC-32 records stay readable once xxhash is back
+    np.testing.assert_array_equal(crc.entry.read_shard(2), first.entry.read_shard(2))

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from harness.engine.search import compose_keys, decode_scores, exact_search, id_ranks
+from harness.engine.search import SearchStats, compose_keys, decode_scores, exact_search, id_ranks
 
 
 def brute_force(
@@ -114,3 +114,44 @@ def test_two_level_scan_finds_exactly_the_scores_at_or_above_a_positive_threshol
     pairs = sorted(zip(rows.tolist(), cols.tolist(), strict=True))
     assert pairs == sorted(zip(ref_rows.tolist(), ref_cols.tolist(), strict=True))
     assert (rows == 3).sum() == 1 and len(rows) > 40
+
+
+def _chunked(d: np.ndarray, size: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    return [(d[s : s + size], np.arange(s, min(len(d), s + size))) for s in range(0, len(d), size)]
+
+
+@pytest.mark.parametrize("prefilter", ["none", "bf16"])
+def test_admission_floor_is_exact_and_cuts_candidates(prefilter: str) -> None:
+    rng = np.random.default_rng(11)
+    # small integers: scores exact in fp32 and bf16 whatever the summation order (ties are real ties)
+    d = rng.integers(-3, 4, size=(8192, 24)).astype(np.float32)
+    q = np.clip(d[rng.integers(0, len(d), 64)] + rng.integers(-1, 2, size=(64, 24)), -3, 3).astype(np.float32)
+    ids = [f"d{i}" for i in range(len(d))]
+    chunks = _chunked(d, 512)  # 16 chunks: the first sets the floor
+    with_floor, without = SearchStats(), SearchStats()
+    scores, idx = exact_search(
+        q, chunks, top_k=50, id_rank=id_ranks(ids), similarity="dot", prefilter=prefilter, stats=with_floor
+    )
+    plain = exact_search(
+        q, iter(chunks), top_k=50, id_rank=id_ranks(ids), similarity="dot", prefilter=prefilter, stats=without
+    )
+    assert ranked(scores, idx, ids) == brute_force(q, d, ids, 50)
+    np.testing.assert_array_equal(idx, plain[1])
+    assert without.passes == 1 and with_floor.candidates < 0.8 * without.candidates
+
+
+@pytest.mark.parametrize("prefilter", ["none", "bf16"])
+def test_a_floor_set_too_high_sends_the_query_round_again(prefilter: str) -> None:
+    rng = np.random.default_rng(12)
+    d = rng.integers(-3, 4, size=(4096, 16)).astype(np.float32)
+    q = rng.integers(-3, 4, size=(8, 16)).astype(np.float32)
+    # the first chunk holds query 0's best documents: its floor lands far above the rest of the corpus
+    d[:256] = np.clip(q[0] + rng.integers(-1, 2, size=(256, 16)), -3, 3)
+    ids = [f"d{i}" for i in range(len(d))]
+    stats = SearchStats()
+    scores, idx = exact_search(
+        q, lambda: iter(_chunked(d, 256)), top_k=300, id_rank=id_ranks(ids), similarity="dot",
+        prefilter=prefilter, stats=stats,
+    )
+    assert stats.uncertified >= 1 and stats.passes == 2  # query 0's floor left fewer than 300 above it
+    assert ranked(scores, idx, ids) == brute_force(q, d, ids, 300)
