@@ -182,6 +182,40 @@ class CacheEntry:
             raise CorruptShardError(path, problem)
         return data
 
+    def read_shard_into(self, shard: int, out: np.ndarray) -> None:
+        """``read_shard`` into ``out`` (the shard's rows x dim, storage dtype, C order) by plain reads: no memory
+        map, so no page fault per 4 KiB page (reading a large corpus this way is several times faster)."""
+        record = self._record(shard)
+        path = self.shard_path(shard)
+        if record is None:
+            raise CorruptShardError(path, "no record")
+        start, end = self.bounds(shard)
+        expected = (end - start, int(record.get("dim", -1)))
+        if out.shape != expected or out.dtype != self.dtype or not out.flags.c_contiguous:
+            raise ValueError(f"{path}: buffer {out.shape} {out.dtype} does not fit the shard {expected} {self.dtype}")
+        try:
+            with path.open("rb") as handle:
+                version = np.lib.format.read_magic(handle)
+                fmt = np.lib.format
+                reader = fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
+                shape, fortran, dtype = reader(handle)
+                if shape != expected or fortran or dtype != self.dtype or dtype.name != record.get("dtype"):
+                    problem = f"shape/dtype {shape} {dtype}, expected {expected} {self.dtype}"
+                else:
+                    got = handle.readinto(memoryview(out).cast("B")) if out.size else 0
+                    problem = "" if got == out.nbytes and not handle.read(1) else "truncated or overlong"
+        except (OSError, ValueError) as exc:
+            problem = f"unreadable ({exc})"
+        problem = problem or _verify(out, record)
+        if problem:
+            self.discard(shard)
+            raise CorruptShardError(path, problem)
+
+    def shard_layout(self, shard: int) -> tuple[int, np.dtype]:
+        """(dim, storage dtype) as recorded; dim -1 without a record."""
+        record = self._record(shard) or {}
+        return int(record.get("dim", -1)), self.dtype
+
     def discard(self, shard: int) -> None:
         self.record_path(shard).unlink(missing_ok=True)
         self.shard_path(shard).unlink(missing_ok=True)

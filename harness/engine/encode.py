@@ -115,13 +115,37 @@ class EncodedTexts:
         try:
             return self.entry.read_shard(shard)
         except CorruptShardError as exc:
-            if self.reencode is None:
-                raise
-            log.warning("%s", exc)
-            self.record.shards_corrupt += 1
-            vectors = self.reencode(shard)
-            self.entry.write_shard(shard, vectors)
+            self._redo(shard, exc)
             return self.entry.read_shard(shard)
+
+    def _redo(self, shard: int, exc: CorruptShardError) -> None:
+        """Encode a shard that failed its checksum again, and store it (or re-raise without a way to)."""
+        if self.reencode is None:
+            raise exc
+        log.warning("%s", exc)
+        self.record.shards_corrupt += 1
+        self.entry.write_shard(shard, self.reencode(shard))
+
+    def _shard_into(self, shard: int, out: np.ndarray) -> None:
+        if shard in self.memory or self.entry is None:
+            out[...] = self.shard(shard)
+            return
+        try:
+            self.entry.read_shard_into(shard, out)
+        except CorruptShardError as exc:
+            self._redo(shard, exc)
+            self.entry.read_shard_into(shard, out)
+
+    def _layout(self, shard: int) -> tuple[int, np.dtype]:
+        if shard in self.memory:
+            return self.memory[shard].shape[1], self.memory[shard].dtype
+        if self.entry is None:
+            raise KeyError(f"shard {shard} is held by another rank")
+        dim, dtype = self.entry.shard_layout(shard)
+        if dim < 0:  # no record: the read reports (and repairs) it
+            vectors = self.shard(shard)
+            return vectors.shape[1], vectors.dtype
+        return dim, dtype
 
     def shards(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """``(vectors, caller indices)`` per shard, one shard in memory at a time."""
@@ -130,19 +154,21 @@ class EncodedTexts:
             yield self.shard(s), self.order[start:end]
 
     def chunks(self, min_rows: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """Consecutive shards joined into chunks of at least ``min_rows`` rows (fewer, larger matrix products)."""
-        vectors: list[np.ndarray] = []
-        indices: list[np.ndarray] = []
-        rows = 0
-        for vec, idx in self.shards():
-            vectors.append(vec)
-            indices.append(idx)
-            rows += len(idx)
-            if rows >= min_rows:
-                yield (np.concatenate(vectors) if len(vectors) > 1 else vectors[0]), np.concatenate(indices)
-                vectors, indices, rows = [], [], 0
-        if vectors:
-            yield (np.concatenate(vectors) if len(vectors) > 1 else vectors[0]), np.concatenate(indices)
+        """Consecutive shards read into chunks of at least ``min_rows`` rows (fewer, larger matrix products).
+        Cached shards are read with plain reads into the chunk's buffer, not memory-mapped and copied."""
+        per_chunk = max(1, -(-int(min_rows) // self.shard_rows))
+        for first in range(0, self.n_shards, per_chunk):
+            group = range(first, min(self.n_shards, first + per_chunk))
+            start, end = self.bounds(group[0])[0], self.bounds(group[-1])[1]
+            if len(group) == 1 and (group[0] in self.memory or self.entry is None):
+                yield self.shard(group[0]), self.order[start:end]
+                continue
+            dim, dtype = self._layout(group[0])
+            buffer = np.empty((end - start, dim), dtype=dtype)
+            for s in group:
+                a, b = self.bounds(s)
+                self._shard_into(s, buffer[a - start : b - start])
+            yield buffer, self.order[start:end]
 
     def dense(self) -> np.ndarray:
         """float32 ``[n, dim]`` in the caller's order."""

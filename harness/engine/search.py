@@ -402,9 +402,12 @@ def _search_chunk(
         excluded = _excluded_pairs(exclude_t, a, b, sorted_docs, perm)
         all_full = state.has_bar(a, b)
         if not all_full or bf16 is None:
-            if d_t is None:
-                d_t = d.t().contiguous()  # the layout the CPU matmul kernels read fastest
-            scores = torch.mm(q[a:b], d_t)
+            if b - a < 256:  # a few queries (a floor's second round): the chunk as it is, no transposed copy
+                scores = torch.mm(d, q[a:b].t()).t().contiguous()
+            else:
+                if d_t is None:
+                    d_t = d.t().contiguous()  # the layout the CPU matmul kernels read fastest
+                scores = torch.mm(q[a:b], d_t)
             if excluded is not None:
                 scores[excluded[0], excluded[1]] = -math.inf
             thr = state.bar(a, b)
