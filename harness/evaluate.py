@@ -7,6 +7,7 @@ already exists (and loads) is skipped unless ``overwrite=true``.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import tempfile
@@ -234,6 +235,9 @@ def evaluate_task(
         project_root=PROJECT_ROOT,
     )
     provenance["checks"] = notes or ["per-query means equal mteb's scores"]
+    search_stats = getattr(model, "stats", None)  # our streaming search: how it ran (prefilter, candidates, rounds)
+    if search_stats:
+        provenance["search"] = [dataclasses.asdict(stats) for stats in search_stats]
     sidecars["provenance.json"] = provenance
     for key, run_ in runs.items():
         write_trec_run(sidecar_path(folder, name, f"{key}.run.trec.gz"), run_, tag=adapter.name)
