@@ -83,7 +83,7 @@ def test_provenance_records_the_run(hash_run: tuple[Path, str]) -> None:
     assert set(prov["timings_s"]) >= {"load_model", "load_data", "evaluate"}
     assert prov["checks"] == ["per-query means equal mteb's scores"]
     (search,) = prov["search"]  # one split searched by our streaming search: documents, rounds, candidates
-    assert search["documents"] == 5183 and search["passes"] >= 1 and search["prefilter"] in ("bf16", "none")
+    assert search["documents"] == 5183 and search["passes"] >= 1 and search["prefilter"] in ("amx", "bf16", "none")
     per_query = json.loads((out / HASH_DIR / "harness" / "SciFact.per_query.json").read_text())
     assert len(per_query["test"]["default"]["ndcg_at_10"]) == 300
 

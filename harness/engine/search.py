@@ -20,10 +20,12 @@ floor costs no exactness: a query whose k-th best ends at or above its floor has
 k-th; a query whose floor proved too high (fewer than k above it: an unlucky first chunk) is searched again,
 alone, without a floor (``SearchStats.uncertified``).
 
-Optional prefilter (``prefilter``: auto|bf16|none): the chunk is scored first in bfloat16 (AMX/AVX512-BF16
+Optional prefilter (``prefilter``: auto|amx|bf16|none): the chunk is scored first in bfloat16 (AMX/AVX512-BF16
 CPUs and GPUs do that several times faster than fp32); a proven bound on the bf16 error (from the exact norms
 of the rounding residuals) widens the threshold, so every document that could enter the top-k is a candidate,
-and candidates are rescored exactly in fp32. The result is the exact fp32 top-k, not an approximation.
+and candidates are rescored exactly in fp32. The result is the exact fp32 top-k, not an approximation. On AMX
+CPUs the bf16 products and the threshold test run fused in our own kernel (``amx.py``: ``amx``, what ``auto``
+picks there); elsewhere through ``torch.mm`` (``bf16``).
 """
 
 from __future__ import annotations
@@ -41,6 +43,9 @@ from typing import Any, TypeVar
 
 import numpy as np
 import torch
+
+from harness.engine import amx
+from harness.engine.device import cpu_flags
 
 log = logging.getLogger(__name__)
 
@@ -97,19 +102,7 @@ def bf16_is_fast(device: torch.device) -> bool:
         return True
     if device.type != "cpu":
         return False
-    try:
-        flags = _cpu_flags()
-    except OSError:
-        return False
-    return bool({"amx_bf16", "avx512_bf16"} & flags)
-
-
-def _cpu_flags() -> set[str]:
-    with open("/proc/cpuinfo", encoding="ascii", errors="replace") as handle:
-        for line in handle:
-            if line.startswith("flags"):
-                return set(line.split(":", 1)[1].split())
-    return set()
+    return bool({"amx_bf16", "avx512_bf16"} & cpu_flags())
 
 
 class _TopK:
@@ -245,6 +238,15 @@ def _candidates_positive(
     return queries.index_select(0, hit), groups.index_select(0, hit) * _GROUP + offset
 
 
+def _candidates_mm(d16: torch.Tensor, q16_t: torch.Tensor, lower: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(query, document) pairs whose bf16 score (``torch.mm``, bf16 out) reaches the bf16 bound ``lower``."""
+    if d16.shape[0] % _GROUP == 0 and bool((lower > 0).all()):
+        return _candidates_positive(d16, q16_t, lower)
+    approx_t = torch.mm(d16, q16_t)  # documents x queries, bf16
+    cols, rows = sparse_nonzero(approx_t >= lower[None, :])
+    return rows, cols
+
+
 @contextlib.contextmanager
 def _exact_matmuls(device: torch.device) -> Iterator[None]:
     """On CUDA: fp32 products in full fp32 (no TF32) and bf16 products accumulated in fp32 throughout (no
@@ -288,8 +290,8 @@ def exact_search(
     dev = torch.device(device) if device is not None else torch.device("cpu")
     if similarity not in ("cosine", "dot"):
         raise ValueError(f"similarity must be cosine or dot, got {similarity!r}")
-    if prefilter not in ("auto", "bf16", "none"):
-        raise ValueError(f"prefilter must be auto, bf16 or none, got {prefilter!r}")
+    if prefilter not in ("auto", "amx", "bf16", "none"):
+        raise ValueError(f"prefilter must be auto, amx, bf16 or none, got {prefilter!r}")
     with torch.inference_mode(), _exact_matmuls(dev):
         q = _as_tensor(queries, dev)
         if similarity == "cosine":
@@ -298,9 +300,10 @@ def exact_search(
         rank_t = torch.as_tensor(np.asarray(id_rank, dtype=np.int64), device=dev)
         exclude_t = torch.as_tensor(np.asarray(exclude, dtype=np.int64), device=dev) if exclude is not None else None
         block = int(query_block or (8192 if dev.type == "cuda" else 4096))
-        use_bf16 = prefilter == "bf16" or (prefilter == "auto" and bf16_is_fast(dev))
-        stats.prefilter = "bf16" if use_bf16 else "none"
-        bf16 = _bf16_queries(q, block) if use_bf16 else None
+        kernel = _amx_kernel(prefilter, dev)
+        use_bf16 = kernel is not None or prefilter == "bf16" or (prefilter == "auto" and bf16_is_fast(dev))
+        stats.prefilter = "amx" if kernel is not None else "bf16" if use_bf16 else "none"
+        bf16 = _bf16_queries(q, block, kernel) if use_bf16 else None
         reopen: Callable[[], Iterable[tuple[Any, Any]]] | None = None
         if callable(chunks):
             reopen = chunks
@@ -313,7 +316,7 @@ def exact_search(
         if failed.numel() and reopen is not None:  # the floor was too high for these: search them again without
             few = q.index_select(0, failed)
             # a handful of queries: plain fp32 products cost less than converting every chunk to bf16
-            again_bf16 = _bf16_queries(few, block) if use_bf16 and few.shape[0] >= 64 else None
+            again_bf16 = _bf16_queries(few, block, kernel) if use_bf16 and few.shape[0] >= 64 else None
             again = _one_pass(
                 few, reopen(), k, rank_t, exclude_t.index_select(0, failed) if exclude_t is not None else None,
                 block, again_bf16, similarity, stats, guess=False,
@@ -326,13 +329,36 @@ def exact_search(
     return scores_out, docs_out
 
 
-def _bf16_queries(q: torch.Tensor, block: int) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]:
-    """The queries in bf16, transposed per block, with the exact norms of the rounding residuals and of the
-    rounded vectors (the error bound needs both)."""
+def _amx_kernel(prefilter: str, dev: torch.device) -> amx.ThresholdKernel | None:
+    if dev.type != "cpu" or prefilter not in ("auto", "amx"):
+        return None
+    kernel = amx.load()
+    if kernel is None and prefilter == "amx":
+        raise ValueError(f"prefilter=amx: the AMX kernel cannot run here ({amx.unavailable_reason()})")
+    return kernel
+
+
+@dataclass
+class _Bf16Queries:
+    """The queries in bf16 per block (transposed for ``torch.mm``, or packed for the AMX kernel), with the exact
+    norms of the rounding residuals and of the rounded vectors (the error bound needs both)."""
+
+    blocks: list[Any]
+    err: torch.Tensor
+    norm: torch.Tensor
+    kernel: amx.ThresholdKernel | None
+
+
+def _bf16_queries(q: torch.Tensor, block: int, kernel: amx.ThresholdKernel | None) -> _Bf16Queries:
     q16 = q.to(torch.bfloat16)
     q16f = q16.float()
-    blocks = [q16[a : a + block].t().contiguous() for a in range(0, q.shape[0], block)]
-    return blocks, torch.linalg.vector_norm(q - q16f, dim=1), torch.linalg.vector_norm(q16f, dim=1)
+    starts = range(0, q.shape[0], block)
+    if kernel is not None:
+        blocks: list[Any] = [kernel.pack_queries(q16[a : a + block]) for a in starts]
+    else:
+        blocks = [q16[a : a + block].t().contiguous() for a in starts]
+    norm = torch.linalg.vector_norm
+    return _Bf16Queries(blocks, norm(q - q16f, dim=1), norm(q16f, dim=1), kernel)
 
 
 def _one_pass(
@@ -342,7 +368,7 @@ def _one_pass(
     rank_t: torch.Tensor,
     exclude_t: torch.Tensor | None,
     block: int,
-    bf16: tuple[list[torch.Tensor], torch.Tensor, torch.Tensor] | None,
+    bf16: _Bf16Queries | None,
     similarity: str,
     stats: SearchStats,
     *,
@@ -379,7 +405,7 @@ def _search_chunk(
     exclude_t: torch.Tensor | None,
     block: int,
     stats: SearchStats,
-    bf16: tuple[list[torch.Tensor], torch.Tensor, torch.Tensor] | None,
+    bf16: _Bf16Queries | None,
     guess: int | None = None,
 ) -> None:
     n, dim = d.shape
@@ -389,18 +415,29 @@ def _search_chunk(
     sorted_docs, perm = doc_index.sort() if exclude_t is not None else (None, None)
     d_t: torch.Tensor | None = None  # [dim, n] fp32, built only if a block needs exact products
     if bf16 is not None:
-        q16_t_blocks, q_err, q16_norm = bf16
-        d16 = d.to(torch.bfloat16)
-        residual = d16.float().sub_(d)  # in place: one temporary, not two
-        d_err_max = float(torch.linalg.vector_norm(residual, dim=1).max())
-        del residual
-        d_norm_max = float(torch.linalg.vector_norm(d, dim=1).max())
+        q_err, q16_norm = bf16.err, bf16.norm
+        if bf16.kernel is not None:
+            d16_padded, d_norm_max, d_err_max = bf16.kernel.to_bf16(d)
+        else:
+            d16 = d.to(torch.bfloat16)
+            residual = d16.float().sub_(d)  # in place: one temporary, not two
+            d_err_max = float(torch.linalg.vector_norm(residual, dim=1).max())
+            del residual
+            d_norm_max = float(torch.linalg.vector_norm(d, dim=1).max())
         d16_norm_max = d_norm_max + d_err_max  # triangle inequality: one pass over the chunk fewer
         gamma = dim * 2.0**-24 / (1 - dim * 2.0**-24)  # relative error bound of fp32 accumulation over `dim`
     for block_no, a in enumerate(range(0, q.shape[0], block)):
         b = min(q.shape[0], a + block)
         excluded = _excluded_pairs(exclude_t, a, b, sorted_docs, perm)
         all_full = state.has_bar(a, b)
+        if not all_full and guess is not None and bf16 is not None and bf16.kernel is not None and n // 32 > guess:
+            # The floor from the kernel's maxima per 32 documents: their guess-th largest is at most the
+            # guess-th best score (a floor is only a guess; the certificate keeps the result exact). This chunk
+            # then takes the fused path too, instead of fp32 products and a full top-k.
+            group_max = bf16.kernel.group_max(d16_padded, bf16.blocks[block_no], n)
+            floor = torch.topk(group_max, guess, dim=0).values[-1]
+            state.floor[a:b] = torch.maximum(state.floor[a:b], floor)
+            all_full = state.has_bar(a, b)
         if not all_full or bf16 is None:
             if b - a < 256:  # a few queries (a floor's second round): the chunk as it is, no transposed copy
                 scores = torch.mm(d, q[a:b].t()).t().contiguous()
@@ -433,14 +470,14 @@ def _search_chunk(
             qn = q16_norm[a:b]
             eps = (q_err[a:b] * d_norm_max + qn * d_err_max + 2.5 * gamma * qn * d16_norm_max) * 1.25 + 1e-7
             lower = state.bar(a, b) - eps
-            lower = lower - lower.abs() * 2.0**-8
-            lower = (lower - lower.abs() * 2.0**-7).to(torch.bfloat16)
-            if n % _GROUP == 0 and bool((lower > 0).all()):
-                rows, cols = _candidates_positive(d16, q16_t_blocks[block_no], lower)
+            if bf16.kernel is not None:
+                # the kernel tests its fp32 accumulators (no bf16 output rounding); 2^-22 covers the subtraction's
+                lower = lower - lower.abs() * 2.0**-22
+                rows, cols = bf16.kernel.hits(d16_padded, bf16.blocks[block_no], lower, n)
             else:
-                approx_t = torch.mm(d16, q16_t_blocks[block_no])  # documents x queries, bf16
-                cols, rows = sparse_nonzero(approx_t >= lower[None, :])
-                del approx_t
+                lower = lower - lower.abs() * 2.0**-8
+                lower = (lower - lower.abs() * 2.0**-7).to(torch.bfloat16)
+                rows, cols = _candidates_mm(d16, bf16.blocks[block_no], lower)
             order = torch.argsort(rows, stable=True)  # the merge wants candidates grouped by query
             rows, cols = rows.index_select(0, order), cols.index_select(0, order)
             stats.prefilter_candidates += int(rows.numel())

@@ -7,7 +7,15 @@ import numpy as np
 import pytest
 import torch
 
+from harness.engine import amx
 from harness.engine.search import SearchStats, compose_keys, decode_scores, exact_search, id_ranks
+
+# the fused AMX kernel where this CPU has it (tests/engine/test_amx.py covers the kernel and its fallback)
+PREFILTERS = [
+    "none",
+    "bf16",
+    pytest.param("amx", marks=pytest.mark.skipif(amx.load() is None, reason="no AMX kernel on this machine")),
+]
 
 
 def brute_force(
@@ -43,7 +51,7 @@ def tied_corpus() -> tuple[np.ndarray, np.ndarray, list[str]]:
     return q, d, ids
 
 
-@pytest.mark.parametrize("prefilter", ["none", "bf16"])
+@pytest.mark.parametrize("prefilter", PREFILTERS)
 @pytest.mark.parametrize("chunk", [700, 64, 100])
 def test_equals_brute_force_with_ties(tied_corpus, prefilter: str, chunk: int) -> None:
     q, d, ids = tied_corpus
@@ -55,7 +63,7 @@ def test_equals_brute_force_with_ties(tied_corpus, prefilter: str, chunk: int) -
     assert ranked(scores, idx, ids) == brute_force(q, d, ids, 50)
 
 
-@pytest.mark.parametrize("prefilter", ["none", "bf16"])
+@pytest.mark.parametrize("prefilter", PREFILTERS)
 def test_cosine_on_real_valued_vectors(prefilter: str) -> None:
     rng = np.random.default_rng(3)
     d = rng.standard_normal((3000, 64)).astype(np.float32) * rng.uniform(0.5, 2, (3000, 1)).astype(np.float32)
@@ -75,7 +83,7 @@ def test_identical_ids_are_dropped_and_the_top_k_refilled(tied_corpus) -> None:
     exclude[0] = 10  # query 0 is document 10's twin: its own id must not come back
     exclude[5] = 3
     chunks = [(d[s : s + 128], np.arange(s, min(len(d), s + 128))) for s in range(0, len(d), 128)]
-    for prefilter in ("none", "bf16"):
+    for prefilter in ("none", "bf16", "amx" if amx.load() is not None else "auto"):
         scores, idx = exact_search(
             q, chunks, top_k=20, id_rank=id_ranks(ids), exclude=exclude, similarity="dot", prefilter=prefilter
         )
@@ -120,7 +128,7 @@ def _chunked(d: np.ndarray, size: int) -> list[tuple[np.ndarray, np.ndarray]]:
     return [(d[s : s + size], np.arange(s, min(len(d), s + size))) for s in range(0, len(d), size)]
 
 
-@pytest.mark.parametrize("prefilter", ["none", "bf16"])
+@pytest.mark.parametrize("prefilter", PREFILTERS)
 def test_admission_floor_is_exact_and_cuts_candidates(prefilter: str) -> None:
     rng = np.random.default_rng(11)
     # small integers: scores exact in fp32 and bf16 whatever the summation order (ties are real ties)
@@ -140,7 +148,7 @@ def test_admission_floor_is_exact_and_cuts_candidates(prefilter: str) -> None:
     assert without.passes == 1 and with_floor.candidates < 0.8 * without.candidates
 
 
-@pytest.mark.parametrize("prefilter", ["none", "bf16"])
+@pytest.mark.parametrize("prefilter", PREFILTERS)
 def test_a_floor_set_too_high_sends_the_query_round_again(prefilter: str) -> None:
     rng = np.random.default_rng(12)
     d = rng.integers(-3, 4, size=(4096, 16)).astype(np.float32)
