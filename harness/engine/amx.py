@@ -98,7 +98,8 @@ class ThresholdKernel:
             self._convert(d.data_ptr(), dim, r0, r1, out.data_ptr(), out.shape[1], stats[i].data_ptr())
 
         self._map(run, list(range(len(pieces))))
-        norm, err = (math.sqrt(float(v)) * (1 + 1e-9) for v in stats.max(dim=0).values)
+        # fp32 lane sums of at most a few hundred terms: 1e-4 relative covers their rounding many times over
+        norm, err = (math.sqrt(float(v) * (1 + 1e-4)) for v in stats.max(dim=0).values)
         return out, norm, err
 
     def hits(
@@ -286,7 +287,7 @@ def _self_check(kernel: ThresholdKernel) -> str | None:
         return "the built kernel disagreed with torch on its self-check (bf16 rounding)"
     ref_err = float(torch.linalg.vector_norm(x - x.bfloat16().float(), dim=1).max())
     ref_norm = float(x.norm(dim=1).max())
-    if abs(err - ref_err) > 1e-5 * ref_err or abs(norm - ref_norm) > 1e-5 * ref_norm:
+    if not (ref_err * (1 - 1e-6) <= err <= ref_err * (1 + 1e-4) and ref_norm * (1 - 1e-6) <= norm <= ref_norm * 1.0001):
         return "the built kernel disagreed with torch on its self-check (norms)"
     gmax = kernel.group_max(kernel.pad_docs(d), kernel.pack_queries(q), d.shape[0])
     ref_max = ref[:, : 64].reshape(q.shape[0], 2, 32).amax(2).t()

@@ -110,36 +110,39 @@ int64_t harness_bf16_hits(const uint16_t *docs, const int32_t *qpack, const floa
 
 /* Rows [r0, r1) of x [n, dim] float32 to bf16, rounded to nearest even (as torch rounds), into out [.., k_pad]
  * with the padding columns zeroed; stats[0] and stats[1] get the largest squared norm of a row and of its
- * rounding residual (x - bf16(x)), accumulated in double: the prefilter's error bound needs both. One pass,
- * where torch needs a conversion, a widening copy, a subtraction and two norms. */
+ * rounding residual (x - bf16(x)): the prefilter's error bound needs both. One pass, where torch needs a
+ * conversion, a widening copy, a subtraction and two norms. Sums run in 16 fp32 lanes (24 terms each at
+ * dim 384), added up in double; the caller allows for their rounding. */
+static inline __m512i to_bf16_bits(__m512 v) {
+  __m512i bits = _mm512_castps_si512(v);
+  __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(bits, 16), _mm512_set1_epi32(1));
+  __m512i rounded = _mm512_srli_epi32(_mm512_add_epi32(bits, _mm512_add_epi32(lsb, _mm512_set1_epi32(0x7fff))), 16);
+  __mmask16 nan = _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q); /* NaN stays NaN (quiet) */
+  __m512i quiet = _mm512_or_si512(_mm512_srli_epi32(bits, 16), _mm512_set1_epi32(0x40));
+  return _mm512_mask_mov_epi32(rounded, nan, quiet);
+}
+
 void harness_to_bf16(const float *x, int64_t dim, int64_t r0, int64_t r1, uint16_t *out, int64_t k_pad,
                      double *stats) {
   double norm_max = 0.0, err_max = 0.0;
   for (int64_t r = r0; r < r1; r++) {
     const float *row = x + r * dim;
     uint16_t *dst = out + r * k_pad;
-    double norm = 0.0, err = 0.0;
-    for (int64_t c = 0; c < dim; c++) {
-      float v = row[c];
-      uint32_t bits;
-      memcpy(&bits, &v, 4);
-      uint16_t h;
-      if ((bits & 0x7fffffffu) > 0x7f800000u) {
-        h = (uint16_t)((bits >> 16) | 0x40u); /* NaN stays NaN */
-      } else {
-        h = (uint16_t)((bits + 0x7fffu + ((bits >> 16) & 1u)) >> 16);
-      }
-      uint32_t back = (uint32_t)h << 16;
-      float w;
-      memcpy(&w, &back, 4);
-      double dv = (double)v, dr = (double)v - (double)w;
-      norm += dv * dv;
-      err += dr * dr;
-      dst[c] = h;
+    __m512 norm = _mm512_setzero_ps(), err = _mm512_setzero_ps();
+    for (int64_t c = 0; c < k_pad; c += 16) {
+      int64_t left = dim - c;
+      __mmask16 mask = left >= 16 ? (__mmask16)0xffff : left > 0 ? (__mmask16)((1u << left) - 1) : 0;
+      __m512 v = _mm512_maskz_loadu_ps(mask, row + c); /* zeros past dim: the padding */
+      __m512i h = to_bf16_bits(v);
+      __m512 back = _mm512_castsi512_ps(_mm512_slli_epi32(h, 16));
+      __m512 residual = _mm512_sub_ps(v, back);
+      norm = _mm512_fmadd_ps(v, v, norm);
+      err = _mm512_fmadd_ps(residual, residual, err);
+      _mm256_storeu_si256((__m256i *)(dst + c), _mm512_cvtepi32_epi16(h));
     }
-    for (int64_t c = dim; c < k_pad; c++) dst[c] = 0;
-    if (norm > norm_max) norm_max = norm;
-    if (err > err_max) err_max = err;
+    double n2 = (double)_mm512_reduce_add_ps(norm), e2 = (double)_mm512_reduce_add_ps(err);
+    if (n2 > norm_max) norm_max = n2;
+    if (e2 > err_max) err_max = e2;
   }
   stats[0] = norm_max;
   stats[1] = err_max;
