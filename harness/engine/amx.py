@@ -45,8 +45,7 @@ class PackedQueries:
     """Queries in the kernel's layout: ``[K/2, m]`` int32 pairs, padded to 32 queries and 32 dimensions."""
 
     pack: torch.Tensor
-    n: int
-    dim: int
+    n: int  # queries before padding
 
 
 class ThresholdKernel:
@@ -67,7 +66,7 @@ class ThresholdKernel:
         m, dim = q16.shape
         padded = torch.zeros((_round_up(m, _ROWS), _round_up(dim, _DIMS)), dtype=torch.bfloat16)
         padded[:m, :dim] = q16
-        return PackedQueries(padded.view(torch.int32).t().contiguous(), m, dim)
+        return PackedQueries(padded.view(torch.int32).t().contiguous(), m)
 
     @staticmethod
     def pad_docs(d: torch.Tensor) -> torch.Tensor:
