@@ -158,10 +158,12 @@ class ThresholdKernel:
             cap = count  # rare: a low bound; the same call again, with room for every hit
 
     def _map(self, fn, items):  # type: ignore[no-untyped-def]
-        threads = min(torch.get_num_threads(), len(items))
-        if threads <= 1:
+        threads = torch.get_num_threads()
+        if threads <= 1 or len(items) <= 1:
             return [fn(item) for item in items]
-        if self._pool is None or self._threads != threads:
+        if self._pool is None or self._threads != threads:  # one pool, as wide as torch's own thread count
+            if self._pool is not None:
+                self._pool.shutdown(wait=False)
             self._pool = ThreadPoolExecutor(threads, thread_name_prefix="harness-amx")
             self._threads = threads
         return list(self._pool.map(fn, items))  # ctypes releases the GIL: the threads run in parallel
