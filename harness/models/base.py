@@ -28,6 +28,20 @@ def _registered_meta(name: str) -> Any | None:
         return None
 
 
+def _batch_tokens(value: Any) -> int | None:
+    if value in (None, "", 0):
+        return None
+    try:
+        tokens = int(value)
+    except (TypeError, ValueError):
+        tokens = -1
+    if tokens < 1 or isinstance(value, bool):
+        from harness.errors import ConfigError
+
+        raise ConfigError(f"model.batch_tokens={value!r}: expected a positive number of padded tokens, or null")
+    return tokens
+
+
 class AdapterBase:
     """What the run path needs of any model (embedder, cross-encoder, BM25, pipeline): a name and revision for the
     results folder, a batch size, mteb's ModelMeta, a description for provenance, and the prefixes it used."""
@@ -40,6 +54,8 @@ class AdapterBase:
         self.name: str = str(cfg["name"])
         self.revision: str | None = cfg.get("revision")
         self.batch_size = int(cfg.get("batch_size") or 32)
+        #: padded tokens per batch (rows x longest row), on top of ``batch_size`` rows; None: rows only
+        self.batch_tokens = _batch_tokens(cfg.get("batch_tokens"))
         self.show_progress = bool(cfg.get("show_progress", False))
         #: {task: {role: prefix}}: the strings actually put in front of texts, for provenance
         self.prefixes_used: dict[str, dict[str, str]] = {}

@@ -17,8 +17,9 @@ ours:
 
 ``hidden_states()`` checks the mask it passes is 4-D and padding-only; the fixture tests prove a causal or
 sliding-window variant is caught. Also here: building a model on the meta device and filling it strictly from
-the checkpoint, the tokenizer loader (never ``trust_remote_code``), masked mean pooling, autocast, and
-length-sorted batching. Must not know any model's prompts or pooling rule beyond the masked mean.
+the checkpoint, the tokenizer loader (never ``trust_remote_code``), masked mean pooling and autocast
+(batching is ``harness.engine.batching.run_batches``). Must not know any model's prompts or pooling rule beyond
+the masked mean.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -188,22 +189,6 @@ def inference_context(
     if autocast is not None and device.type == "cuda":
         stack.enter_context(torch.autocast(device_type="cuda", dtype=autocast))
     return stack
-
-
-def length_sorted_batches(
-    encodings: Sequence[Sequence[int]], batch_size: int, chunk: int | None = None
-) -> Iterator[list[int]]:
-    """Indices of ``encodings`` in batches of similar length (longest first), so padding stays small.
-
-    Results are put back in input order by the caller. Sorting is within chunks of ``chunk`` items (default:
-    all).
-    """
-    order = list(range(len(encodings)))
-    chunk = chunk or len(order) or 1
-    for start in range(0, len(order), chunk):
-        part = sorted(order[start : start + chunk], key=lambda i: -len(encodings[i]))
-        for b in range(0, len(part), batch_size):
-            yield part[b : b + batch_size]
 
 
 def pad_batch(

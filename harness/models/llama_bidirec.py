@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from harness.engine.batching import run_batches
 from harness.engine.device import dtype_name, resolve_device, resolve_dtype
 from harness.errors import CheckpointError, ConfigError
 from harness.models import bidirectional as bidir
@@ -123,15 +124,18 @@ class LlamaEmbedAdapter(EmbeddingAdapter):
     def embed(self, texts: list[str], *, prefix: str, role: str, batch_size: int) -> np.ndarray:
         pad_id = _pad_id(self.tokenizer)
         out = np.zeros((len(texts), self.embed_dim), dtype=np.float32)
+
+        def forward(rows: list[list[int]]) -> tuple[torch.Tensor, int]:
+            ids, mask = bidir.pad_batch(rows, pad_id, "right", self.device)
+            vectors = self.pooled(ids, mask)[:, : self.embed_dim]  # Matryoshka: truncate, then normalise
+            return (bidir.l2_normalize(vectors) if self.normalize else vectors), sum(len(r) for r in rows)
+
         for start in range(0, len(texts), TOKENIZE_CHUNK):
             chunk = [prefix + text for text in texts[start : start + TOKENIZE_CHUNK]]
             encodings = self.tokenizer(chunk, max_length=self.max_length, truncation=True)["input_ids"]
-            for batch in bidir.length_sorted_batches(encodings, batch_size):
-                ids, mask = bidir.pad_batch([encodings[i] for i in batch], pad_id, "right", self.device)
-                vectors = self.pooled(ids, mask)[:, : self.embed_dim]  # Matryoshka: truncate, then normalise
-                if self.normalize:
-                    vectors = bidir.l2_normalize(vectors)
-                out[[start + i for i in batch]] = vectors.cpu().numpy()
+            out[start : start + len(encodings)] = run_batches(
+                encodings, [len(e) for e in encodings], forward, batch_size, max_tokens=self.batch_tokens
+            )
         return out
 
     def describe(self) -> dict[str, Any]:
@@ -207,13 +211,18 @@ class LlamaRerankAdapter(AdapterBase):
         batch_size = batch_size or self.batch_size
         pad_id = _pad_id(self.tokenizer)
         out = np.zeros(len(queries), dtype=np.float32)
+
+        def forward(rows: list[list[int]]) -> tuple[torch.Tensor, int]:
+            ids, mask = bidir.pad_batch(rows, pad_id, "left", self.device)
+            return self.logits(ids, mask), sum(len(r) for r in rows)
+
         for start in range(0, len(queries), TOKENIZE_CHUNK):
             end = start + TOKENIZE_CHUNK
             texts = rerank_texts(self.template, queries[start:end], passages[start:end])
             encodings = self.tokenizer(texts, max_length=self.max_length, truncation=True)["input_ids"]
-            for batch in bidir.length_sorted_batches(encodings, batch_size):
-                ids, mask = bidir.pad_batch([encodings[i] for i in batch], pad_id, "left", self.device)
-                out[[start + i for i in batch]] = self.logits(ids, mask).float().cpu().numpy()
+            out[start : start + len(encodings)] = run_batches(
+                encodings, [len(e) for e in encodings], forward, batch_size, max_tokens=self.batch_tokens
+            )
         return out
 
     # -- mteb's CrossEncoderProtocol -------------------------------------------------------------------------

@@ -31,6 +31,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from harness.engine.batching import run_batches
 from harness.errors import CheckpointError, ConfigError
 from harness.models import bidirectional as bidir
 from harness.models.base import EmbeddingAdapter
@@ -232,17 +233,24 @@ class NVEmbedAdapter(EmbeddingAdapter):
 
     def embed(self, texts: list[str], *, prefix: str, role: str, batch_size: int) -> np.ndarray:
         n_masked = self.instruction_length(prefix)
-        pad_id = self.tokenizer.eos_token_id
         out = np.zeros((len(texts), self.hidden_size), dtype=np.float32)
         for start in range(0, len(texts), TOKENIZE_CHUNK):
             encodings = self.tokenize(texts[start : start + TOKENIZE_CHUNK], prefix)
-            for batch in bidir.length_sorted_batches(encodings, batch_size):
-                ids, mask = bidir.pad_batch(
-                    [encodings[i] for i in batch], pad_id, self.padding_side, self.device
-                )
-                vectors = self.forward_ids(ids, mask, n_masked)
-                out[[start + i for i in batch]] = vectors.float().cpu().numpy()
+            out[start : start + len(encodings)] = self.embed_ids(encodings, n_masked, batch_size)
         return out
+
+    def embed_ids(self, encodings: list[list[int]], n_masked: int, batch_size: int) -> np.ndarray:
+        """Vectors for token-id rows (``tokenize``'s output), in order: longest first in batches of at most
+        ``batch_size`` rows and ``batch_tokens`` padded tokens, halved on out-of-memory."""
+        pad_id = self.tokenizer.eos_token_id
+
+        def forward(rows: list[list[int]]) -> tuple[torch.Tensor, int]:
+            ids, mask = bidir.pad_batch(rows, pad_id, self.padding_side, self.device)
+            return self.forward_ids(ids, mask, n_masked), sum(len(r) for r in rows)
+
+        return run_batches(
+            encodings, [len(e) for e in encodings], forward, batch_size, max_tokens=self.batch_tokens
+        )
 
     def describe(self) -> dict[str, Any]:
         return {

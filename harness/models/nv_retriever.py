@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from harness.engine.batching import run_batches
 from harness.engine.device import dtype_name
 from harness.errors import CheckpointError, ConfigError
 from harness.models import bidirectional as bidir
@@ -125,16 +126,22 @@ class NVRetrieverAdapter(EmbeddingAdapter):
             raise CheckpointError(f"{self.folder}: the tokenizer has neither a pad nor an eos token")
         out = np.zeros((len(texts), self.hidden_size), dtype=np.float32)
         fallbacks = 0
+
+        def forward(rows: list[list[int]]) -> tuple[torch.Tensor, int]:
+            nonlocal fallbacks
+            ids, mask = bidir.pad_batch(rows, int(pad_id), "right", self.device)
+            with bidir.inference_context(self.device, self.autocast):
+                hidden = bidir.hidden_states(self.model, ids, mask)
+                vectors, n_fallback = self.pool(hidden, ids, mask)
+            fallbacks += n_fallback  # counted once a batch has fitted (an OOM raises before this line)
+            return vectors, sum(len(r) for r in rows)
+
         for start in range(0, len(texts), TOKENIZE_CHUNK):
             chunk = [prefix + text for text in texts[start : start + TOKENIZE_CHUNK]]
             encodings = self.tokenizer(chunk, max_length=self.max_length, truncation=True)["input_ids"]
-            for batch in bidir.length_sorted_batches(encodings, batch_size):
-                ids, mask = bidir.pad_batch([encodings[i] for i in batch], int(pad_id), "right", self.device)
-                with bidir.inference_context(self.device, self.autocast):
-                    hidden = bidir.hidden_states(self.model, ids, mask)
-                    vectors, n_fallback = self.pool(hidden, ids, mask)
-                fallbacks += n_fallback
-                out[[start + i for i in batch]] = vectors.cpu().numpy()
+            out[start : start + len(encodings)] = run_batches(
+                encodings, [len(e) for e in encodings], forward, batch_size, max_tokens=self.batch_tokens
+            )
         if fallbacks:
             log.warning(
                 "NV-Retriever: %d of %d %s text(s) have no token after a separator (id %d, ':'); they are "
