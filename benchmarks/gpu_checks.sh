@@ -24,5 +24,5 @@ step fixtures 90 $PY benchmarks/gpu_fixture_check.py --shared "$SHARED"
 step search 90 $PY benchmarks/gpu_search_check.py
 step encode 150 $PY benchmarks/bench_gpu_encode.py
 step encode_sweep 150 $PY benchmarks/bench_gpu_encode.py --docs 1500 --batch-tokens 32768,65536,131072,262144
-step encode_oom 100 $PY benchmarks/bench_gpu_encode.py --docs 1000 --batch-size 4096 --batch-tokens 4000000
+step encode_oom 100 $PY benchmarks/bench_gpu_encode.py --docs 1000 --batch-size 4096 --batch-tokens 2000000
 exit $status
