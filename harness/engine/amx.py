@@ -9,6 +9,10 @@ Nothing here is required: without an x86 CPU with AMX, a C compiler that knows `
 12+), a kernel that grants the tile state, or with ``HARNESS_AMX_KERNEL=0``, ``load()`` returns None (the
 reason is logged once) and the search uses torch's bf16 products instead. A fresh build is checked against
 torch on a small problem before it is used.
+
+The library is built into ``kernel_dir()`` or, where that cannot be written, a private folder under the system
+temporary folder; a library is loaded only from a folder that no other user can write to (owned by us or root,
+not group or other writable), since anyone who can replace it runs code in our process.
 """
 
 from __future__ import annotations
@@ -20,18 +24,24 @@ import math
 import os
 import platform
 import shutil
+import stat
 import subprocess
 import tempfile
 import threading
+import weakref
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import torch
 
 from harness.engine.device import cpu_flags as _cpu_flags
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
+R = TypeVar("R")
 
 SOURCE = Path(__file__).with_name("kernels") / "bf16_threshold.c"
 FLAGS = ["-O2", "-mavx512f", "-mavx512bw", "-mamx-tile", "-mamx-bf16", "-shared", "-fPIC"]
@@ -60,6 +70,8 @@ class ThresholdKernel:
         self._convert = convert
         self._pool: ThreadPoolExecutor | None = None
         self._threads = 0
+        self._pool_lock = threading.Lock()
+        _kernels.add(self)
 
     @staticmethod
     def pack_queries(q16: torch.Tensor) -> PackedQueries:
@@ -83,7 +95,7 @@ class ThresholdKernel:
 
     def to_bf16(self, d: torch.Tensor) -> tuple[torch.Tensor, float, float]:
         """``pad_docs(d)`` for float32 ``d``, with the largest row norm of ``d`` and of its bf16 rounding residual
-        (rounded up), in one pass."""
+        (rounded up), in one pass. The norms are NaN or inf where ``d`` has a NaN or inf."""
         d = d.float().contiguous()
         n, dim = d.shape
         out = torch.empty((_round_up(n, _ROWS), _round_up(dim, _DIMS)), dtype=torch.bfloat16)
@@ -97,8 +109,8 @@ class ThresholdKernel:
             self._convert(d.data_ptr(), dim, r0, r1, out.data_ptr(), out.shape[1], stats[i].data_ptr())
 
         self._map(run, list(range(len(pieces))))
-        # fp32 lane sums of at most a few hundred terms: 1e-4 relative covers their rounding many times over
-        norm, err = (math.sqrt(float(v) * (1 + 1e-4)) for v in stats.max(dim=0).values)
+        # double sums of exact squares: 1e-9 relative covers their rounding many times over (NaN propagates)
+        norm, err = (math.sqrt(float(v) * (1 + 1e-9)) for v in stats.max(dim=0).values)
         return out, norm, err
 
     def hits(
@@ -157,16 +169,26 @@ class ThresholdKernel:
                 return out_query[:count], out_doc[:count]
             cap = count  # rare: a low bound; the same call again, with room for every hit
 
-    def _map(self, fn, items):  # type: ignore[no-untyped-def]
+    def _map(self, fn: Callable[[T], R], items: list[T]) -> list[R]:
         threads = torch.get_num_threads()
         if threads <= 1 or len(items) <= 1:
             return [fn(item) for item in items]
-        if self._pool is None or self._threads != threads:  # one pool, as wide as torch's own thread count
-            if self._pool is not None:
-                self._pool.shutdown(wait=False)
-            self._pool = ThreadPoolExecutor(threads, thread_name_prefix="harness-amx")
-            self._threads = threads
-        return list(self._pool.map(fn, items))  # ctypes releases the GIL: the threads run in parallel
+        # under the lock: two searches in threads must not both make a pool, nor shut one down while the other
+        # is still submitting to it (work already submitted still runs after a shutdown)
+        with self._pool_lock:
+            if self._pool is None or self._threads != threads:  # one pool, as wide as torch's own thread count
+                if self._pool is not None:
+                    self._pool.shutdown(wait=False)
+                self._pool = ThreadPoolExecutor(threads, thread_name_prefix="harness-amx")
+                self._threads = threads
+            futures = [self._pool.submit(fn, item) for item in items]
+        return [f.result() for f in futures]  # ctypes releases the GIL: the threads run in parallel
+
+    def _forget_pool(self) -> None:
+        """In a forked child: the pool's threads did not come along (and the lock may be held by one that did
+        not), so the next call makes both anew."""
+        self._pool_lock = threading.Lock()
+        self._pool, self._threads = None, 0
 
 
 def _round_up(x: int, multiple: int) -> int:
@@ -175,6 +197,18 @@ def _round_up(x: int, multiple: int) -> int:
 
 _lock = threading.Lock()
 _loaded: dict[str, tuple[ThresholdKernel | None, str | None]] = {}  # "kernel": (the kernel, or why not)
+_kernels: weakref.WeakSet[ThresholdKernel] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    global _lock
+    _lock = threading.Lock()  # a thread that held it at the fork does not exist in the child
+    for kernel in list(_kernels):
+        kernel._forget_pool()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def load() -> ThresholdKernel | None:
@@ -232,38 +266,90 @@ def _compiler() -> str | None:
 
 
 def kernel_dir() -> Path:
+    """Where the built library is kept (``HARNESS_KERNEL_DIR``, else the user's cache folder)."""
     if os.environ.get("HARNESS_KERNEL_DIR"):
         return Path(os.environ["HARNESS_KERNEL_DIR"])
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "harness" / "kernels"
 
 
+def _private_fallback_dir() -> Path:
+    # per user: the temporary folder is shared, and a library name anyone can predict must not be theirs to plant
+    return Path(tempfile.gettempdir()) / f"harness-kernels-{os.getuid()}"
+
+
+def _untrusted(path: Path, kind: str, follow: bool = False) -> str | None:
+    """Why ``path`` is no safe place to load code from; None if it is: a ``kind`` ("folder" or "file") owned by
+    us or root that neither group nor others can write to. A link is refused unless ``follow`` (then its target
+    is checked): in a shared folder its owner could repoint it after the check."""
+    try:
+        info = os.stat(path) if follow else os.lstat(path)
+    except OSError as exc:
+        return f"{path}: {exc.strerror or exc}"
+    is_kind = stat.S_ISDIR(info.st_mode) if kind == "folder" else stat.S_ISREG(info.st_mode)
+    if not is_kind:
+        return f"{path} is not a {kind}"
+    if info.st_uid not in (os.getuid(), 0):
+        return f"{path} belongs to another user (uid {info.st_uid})"
+    if info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        return f"{path} can be written by other users (mode {stat.S_IMODE(info.st_mode):o})"
+    return None
+
+
+class _CompileError(Exception):
+    """The compiler ran and failed: no other folder would change that."""
+
+
 def _build(compiler: str) -> Path | str:
-    """The shared library, compiled once per source, flags and compiler version; an error string otherwise."""
+    """The shared library, compiled once per source, flags and compiler version; an error string otherwise.
+
+    Tried in ``kernel_dir()``, then in a private folder under the system temporary folder: a folder that cannot
+    be made or written, or that others could write to, is passed over."""
     source = SOURCE.read_bytes()
     try:
         version = subprocess.run([compiler, "--version"], capture_output=True, text=True, check=False).stdout
     except OSError as exc:
         return f"{compiler} cannot run: {exc}"
     digest = hashlib.sha256(source + " ".join(FLAGS).encode() + version.encode()).hexdigest()[:16]
-    directory = kernel_dir()
-    try:
-        directory.mkdir(parents=True, exist_ok=True)
-    except OSError:
-        directory = Path(tempfile.gettempdir()) / "harness-kernels"
-        directory.mkdir(parents=True, exist_ok=True)
-    target = directory / f"bf16_threshold-{digest}.so"
-    if target.exists():
-        return target
+    problems = []
+    # the configured folder may be reached through a link the user made; the shared temporary folder's may not
+    for directory, follow in ((kernel_dir(), True), (_private_fallback_dir(), False)):
+        try:
+            directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        except OSError as exc:
+            problems.append(f"cannot make {directory}: {exc.strerror or exc}")
+            continue
+        problem = _untrusted(directory, "folder", follow)
+        if problem:
+            problems.append(problem)
+            continue
+        target = directory / f"bf16_threshold-{digest}.so"
+        if os.path.lexists(target):
+            problem = _untrusted(target, "file")
+            if problem is None:
+                return target
+            problems.append(problem)
+            continue
+        try:
+            return _compile(compiler, directory, target)
+        except _CompileError as exc:
+            return str(exc)
+        except OSError as exc:  # a read-only or full folder: the next one may do
+            problems.append(f"cannot build in {directory}: {exc.strerror or exc}")
+    return "no folder to build the kernel in (" + "; ".join(problems) + ")"
+
+
+def _compile(compiler: str, directory: Path, target: Path) -> Path:
     fd, tmp = tempfile.mkstemp(suffix=".so", dir=directory)
     os.close(fd)
     try:
         proc = subprocess.run([compiler, *FLAGS, str(SOURCE), "-o", tmp], capture_output=True, text=True, check=False)
         if proc.returncode != 0:
-            return f"{compiler} could not build {SOURCE.name}: {proc.stderr.strip()[-300:]}"
+            raise _CompileError(f"{compiler} could not build {SOURCE.name}: {proc.stderr.strip()[-300:]}")
+        os.chmod(tmp, 0o755)  # whatever mkstemp or the linker left: readable by all, writable by us alone
         os.replace(tmp, target)  # atomic: a concurrent build never loads half a library
         return target
     finally:
-        if os.path.exists(tmp):
+        if os.path.lexists(tmp):
             os.unlink(tmp)
 
 

@@ -25,7 +25,13 @@ CPUs and GPUs do that several times faster than fp32); a proven bound on the bf1
 of the rounding residuals) widens the threshold, so every document that could enter the top-k is a candidate,
 and candidates are rescored exactly in fp32. The result is the exact fp32 top-k, not an approximation. On AMX
 CPUs the bf16 products and the threshold test run fused in our own kernel (``amx.py``: ``amx``, what ``auto``
-picks there); elsewhere through ``torch.mm`` (``bf16``).
+picks there); elsewhere through ``torch.mm`` (``bf16``). The bound's norms are taken in float64 where fp32
+squares would underflow or overflow; a block whose bound is not finite, or whose fp32 scores could overflow, is
+scored in plain fp32 instead.
+
+Every mode gives the same answer at the edges: vectors with NaN or inf are refused (``ValueError`` naming the
+query or document); finite vectors whose fp32 products overflow get ``inf`` scores, or NaN ones where ``+inf``
+and ``-inf`` meet in a sum, and those count as ``-inf`` (ranked after every other score).
 """
 
 from __future__ import annotations
@@ -249,18 +255,54 @@ def _candidates_mm(d16: torch.Tensor, q16_t: torch.Tensor, lower: torch.Tensor) 
 
 @contextlib.contextmanager
 def _exact_matmuls(device: torch.device) -> Iterator[None]:
-    """On CUDA: fp32 products in full fp32 (no TF32) and bf16 products accumulated in fp32 throughout (no
-    reduced-precision split-K), which the error bound of the bf16 prefilter assumes."""
-    if device.type != "cuda":
-        yield
-        return
-    matmul = torch.backends.cuda.matmul
-    saved = (matmul.allow_tf32, matmul.allow_bf16_reduced_precision_reduction)
-    matmul.allow_tf32, matmul.allow_bf16_reduced_precision_reduction = False, False
+    """fp32 products in full fp32, as exactness and the bf16 prefilter's error bound assume: no TF32 on CUDA, and
+    no bf16 passes on the CPU (``torch.set_float32_matmul_precision("medium")`` has oneDNN compute fp32 products,
+    einsum's included, in bf16). On CUDA also bf16 products accumulated in fp32 throughout (no reduced-precision
+    split-K). The caller's settings come back afterwards."""
+    # torch >= 2.9 keeps a precision per backend beside the legacy global one: both are saved and restored
+    backends = [
+        m for m in (getattr(torch.backends.mkldnn, "matmul", None), torch.backends.cuda.matmul)
+        if m is not None and hasattr(m, "fp32_precision")
+    ]
+    try:
+        legacy: str | None = torch.get_float32_matmul_precision()
+    except RuntimeError:  # per-backend settings that no single legacy value describes
+        legacy = None
+    per_backend = [(m, m.fp32_precision) for m in backends]
+    cuda = torch.backends.cuda.matmul
+    split_k = cuda.allow_bf16_reduced_precision_reduction if device.type == "cuda" else None
+    torch.set_float32_matmul_precision("highest")  # every backend to full fp32, legacy reads stay consistent
+    if split_k is not None:
+        cuda.allow_bf16_reduced_precision_reduction = False
     try:
         yield
     finally:
-        matmul.allow_tf32, matmul.allow_bf16_reduced_precision_reduction = saved
+        if split_k is not None:
+            cuda.allow_bf16_reduced_precision_reduction = split_k
+        if legacy is not None:
+            torch.set_float32_matmul_precision(legacy)
+        for m, value in per_backend:
+            m.fp32_precision = value
+
+
+def _not_finite(what: str, x: torch.Tensor, labels: torch.Tensor | None = None) -> ValueError:
+    bad = torch.nonzero(~torch.isfinite(x).all(dim=1)).flatten()
+    if bad.numel() == 0:  # not expected: only NaN or inf make the norms non-finite
+        return ValueError(f"the {what} vectors' norms are not finite")
+    row = int(bad[0])
+    name = f"query {row}" if labels is None else f"document with corpus index {int(labels[row])}"
+    more = f" (and {bad.numel() - 1} more in this batch)" if bad.numel() > 1 else ""
+    return ValueError(f"{name} has NaN or inf values{more}: {what} vectors must be finite to be searched")
+
+
+def _max_row_norm(x: torch.Tensor) -> float:
+    """The largest row norm of ``x`` (NaN or inf where ``x`` has NaN or inf): in fp32 where that is exact
+    enough, else in float64. fp32 squares underflow below ~1e-19 (a rounding residual's norm would come out 0,
+    and the bound too small) and overflow above ~1e19."""
+    value = float(torch.linalg.vector_norm(x, dim=1).max())
+    if 2.0**-40 <= value < 2.0**40:  # no square overflowed; underflowed ones (each < 2^-149) are a negligible share
+        return value
+    return float(torch.linalg.vector_norm(x, dim=1, dtype=torch.float64).max())
 
 
 def exact_search(
@@ -283,7 +325,8 @@ def exact_search(
     can be read twice, which enables the admission floor (module docstring). ``id_rank[i]``: corpus index
     ``i``'s place in ascending id order (ties go to the larger). ``exclude[q]``: a corpus index never returned
     for query ``q`` (-1: none). Returns ``scores [Q, k]`` (float32, descending) and ``indices [Q, k]`` (int64;
-    -1 where the corpus has fewer than k documents).
+    -1 where the corpus has fewer than k documents). Raises ``ValueError`` for a query or document vector with
+    NaN or inf (after normalisation, for cosine).
     """
     start_time = time.perf_counter()
     stats = stats if stats is not None else SearchStats()
@@ -296,6 +339,9 @@ def exact_search(
         q = _as_tensor(queries, dev)
         if similarity == "cosine":
             q = torch.nn.functional.normalize(q, dim=-1)
+        q_norm = torch.linalg.vector_norm(q, dim=1, dtype=torch.float64)  # for the overflow test (float64: no overflow)
+        if q.shape[0] and not math.isfinite(float(q_norm.max())):
+            raise _not_finite("query", q)
         k = int(top_k)
         rank_t = torch.as_tensor(np.asarray(id_rank, dtype=np.int64), device=dev)
         exclude_t = torch.as_tensor(np.asarray(exclude, dtype=np.int64), device=dev) if exclude is not None else None
@@ -310,16 +356,19 @@ def exact_search(
         elif isinstance(chunks, Sequence):
             reopen = lambda: iter(chunks)  # noqa: E731
         first = reopen() if reopen is not None else chunks
-        state = _one_pass(q, first, k, rank_t, exclude_t, block, bf16, similarity, stats, guess=reopen is not None)
+        state, corpus_bound = _one_pass(
+            q, q_norm, first, k, rank_t, exclude_t, block, bf16, similarity, stats, guess=reopen is not None
+        )
         failed = torch.nonzero(~state.certified()).flatten()
         stats.uncertified += int(failed.numel())
         if failed.numel() and reopen is not None:  # the floor was too high for these: search them again without
             few = q.index_select(0, failed)
             # a handful of queries: plain fp32 products cost less than converting every chunk to bf16
             again_bf16 = _bf16_queries(few, block, kernel) if use_bf16 and few.shape[0] >= 64 else None
-            again = _one_pass(
-                few, reopen(), k, rank_t, exclude_t.index_select(0, failed) if exclude_t is not None else None,
-                block, again_bf16, similarity, stats, guess=False,
+            again, _ = _one_pass(
+                few, q_norm.index_select(0, failed), reopen(), k, rank_t,
+                exclude_t.index_select(0, failed) if exclude_t is not None else None,
+                block, again_bf16, similarity, stats, guess=False, known_bound=corpus_bound,
             )
             state.keys[failed], state.docs[failed] = again.keys, again.docs
         scores_out = decode_scores(state.keys).cpu().numpy()
@@ -341,7 +390,7 @@ def _amx_kernel(prefilter: str, dev: torch.device) -> amx.ThresholdKernel | None
 @dataclass
 class _Bf16Queries:
     """The queries in bf16 per block (transposed for ``torch.mm``, or packed for the AMX kernel), with the exact
-    norms of the rounding residuals and of the rounded vectors (the error bound needs both)."""
+    norms (float64) of the rounding residuals and of the rounded vectors (the error bound needs both)."""
 
     blocks: list[Any]
     err: torch.Tensor
@@ -357,12 +406,14 @@ def _bf16_queries(q: torch.Tensor, block: int, kernel: amx.ThresholdKernel | Non
         blocks: list[Any] = [kernel.pack_queries(q16[a : a + block]) for a in starts]
     else:
         blocks = [q16[a : a + block].t().contiguous() for a in starts]
-    norm = torch.linalg.vector_norm
-    return _Bf16Queries(blocks, norm(q - q16f, dim=1), norm(q16f, dim=1), kernel)
+    # float64: fp32 squares of tiny residuals underflow to 0, of huge values overflow
+    err = torch.linalg.vector_norm(q - q16f, dim=1, dtype=torch.float64)
+    return _Bf16Queries(blocks, err, torch.linalg.vector_norm(q16f, dim=1, dtype=torch.float64), kernel)
 
 
 def _one_pass(
     q: torch.Tensor,
+    q_norm: torch.Tensor,
     chunks: Iterable[tuple[Any, Any]],
     k: int,
     rank_t: torch.Tensor,
@@ -373,12 +424,17 @@ def _one_pass(
     stats: SearchStats,
     *,
     guess: bool,
-) -> _TopK:
+    known_bound: float | None = None,
+) -> tuple[_TopK, float]:
     """One read of the corpus. With ``guess``, the first chunk also sets each query's admission floor: its
     j-th best score there, j chosen so that about 3k documents of the whole corpus are expected above it (if the
     chunk is a fair sample). Fewer candidates reach the rescoring and the merges; a query whose floor proves too
-    high (fewer than k documents above it) is left uncertified for the caller to search again."""
+    high (fewer than k documents above it) is left uncertified for the caller to search again.
+
+    Returns the top-k and a bound on the corpus' row norms; ``known_bound``, one from an earlier read of the
+    same chunks, spares a read without prefilter the check of each chunk (finite values, their bound)."""
     state = _TopK(q.shape[0], k, q.device)
+    corpus_bound = 0.0
     n_corpus = rank_t.numel()
     stats.passes += 1
     for vectors, indices in chunks:
@@ -391,14 +447,18 @@ def _one_pass(
         doc_index = torch.as_tensor(np.asarray(indices, dtype=np.int64), device=q.device)
         # a chunk under 1/8 of the corpus: the guess rank j then stays well under k (no guess otherwise)
         j = math.ceil(3 * k * n / n_corpus) if guess and 8 * n <= n_corpus else None
-        _search_chunk(state, q, d, doc_index, rank_t[doc_index], exclude_t, block, stats, bf16, j)
+        bound = _search_chunk(
+            state, q, q_norm, d, doc_index, rank_t[doc_index], exclude_t, block, stats, bf16, j, known_bound
+        )
+        corpus_bound = max(corpus_bound, bound)
         guess = False  # the first chunk only
-    return state
+    return state, corpus_bound
 
 
 def _search_chunk(
     state: _TopK,
     q: torch.Tensor,
+    q_norm: torch.Tensor,
     d: torch.Tensor,
     doc_index: torch.Tensor,
     doc_rank: torch.Tensor,
@@ -407,30 +467,55 @@ def _search_chunk(
     stats: SearchStats,
     bf16: _Bf16Queries | None,
     guess: int | None = None,
-) -> None:
+    known_bound: float | None = None,
+) -> float:
+    """Merges the chunk's candidates into ``state``; returns a bound on the chunk's row norms."""
     n, dim = d.shape
     k = state.k
     stats.chunks += 1
     stats.documents += n
     sorted_docs, perm = doc_index.sort() if exclude_t is not None else (None, None)
     d_t: torch.Tensor | None = None  # [dim, n] fp32, built only if a block needs exact products
+    gamma = dim * 2.0**-24 / (1 - dim * 2.0**-24)  # relative error bound of fp32 accumulation over `dim`
     if bf16 is not None:
-        q_err, q16_norm = bf16.err, bf16.norm
         if bf16.kernel is not None:
             d16_padded, d_norm_max, d_err_max = bf16.kernel.to_bf16(d)
         else:
             d16 = d.to(torch.bfloat16)
             residual = d16.float().sub_(d)  # in place: one temporary, not two
-            d_err_max = float(torch.linalg.vector_norm(residual, dim=1).max())
+            d_err_max = _max_row_norm(residual)
             del residual
-            d_norm_max = float(torch.linalg.vector_norm(d, dim=1).max())
+            d_norm_max = _max_row_norm(d)
         d16_norm_max = d_norm_max + d_err_max  # triangle inequality: one pass over the chunk fewer
-        gamma = dim * 2.0**-24 / (1 - dim * 2.0**-24)  # relative error bound of fp32 accumulation over `dim`
+        d_bound = d16_norm_max
+    elif known_bound is not None:  # an earlier read of these chunks checked them
+        d_norm_max = d_bound = known_bound
+    else:
+        low, high = (float(v) for v in torch.aminmax(d))  # one pass, no copy: cheaper than the norms
+        d_norm_max = d_bound = max(-low, high) * math.sqrt(dim) if math.isfinite(low + high) else math.nan
+    if not math.isfinite(d_norm_max):  # only NaN or inf in d makes it so (float64 squares do not overflow)
+        raise _not_finite("document", d, doc_index)
     for block_no, a in enumerate(range(0, q.shape[0], block)):
         b = min(q.shape[0], a + block)
         excluded = _excluded_pairs(exclude_t, a, b, sorted_docs, perm)
         all_full = state.has_bar(a, b)
-        if not all_full and guess is not None and bf16 is not None and bf16.kernel is not None and n // 32 > guess:
+        # fp32 and bf16 partial sums stay below |q| |d| (1 + 2^-7), rounding included: under 2^127 none overflows
+        may_overflow = float(q_norm[a:b].max()) * d_bound * (1 + 2.0**-7) >= 2.0**127
+        eps = None
+        if bf16 is not None and not may_overflow:
+            # A document can enter only if its fp32 score s >= tau. Its bf16-input product acc (accumulated in
+            # fp32) satisfies acc >= s - eps, eps = the inputs' rounding (exact residual norms) plus two fp32
+            # accumulation errors, plus what bf16 hardware drops by reading subnormal inputs as zero (entries
+            # below 2^-126: at most sqrt(dim) 2^-126 in norm on either side), x1.25 for safety. In float64.
+            qn = bf16.norm[a:b]
+            subnormal = math.sqrt(dim) * 2.0**-126
+            eps = (
+                bf16.err[a:b] * d_norm_max + qn * d_err_max + 2.5 * gamma * qn * d16_norm_max
+                + subnormal * (qn + d16_norm_max)
+            ) * 1.25 + 1e-7
+            if not bool(torch.isfinite(eps).all()):  # a value that rounds to inf in bf16: no bound
+                eps = None
+        if not all_full and guess is not None and eps is not None and bf16.kernel is not None and n // 32 > guess:
             # The floor from the kernel's maxima per 32 documents: their guess-th largest is at most the
             # guess-th best score (a floor is only a guess; the certificate keeps the result exact). This chunk
             # then takes the fused path too, instead of fp32 products and a full top-k.
@@ -438,13 +523,15 @@ def _search_chunk(
             floor = torch.topk(group_max, guess, dim=0).values[-1]
             state.floor[a:b] = torch.maximum(state.floor[a:b], floor)
             all_full = state.has_bar(a, b)
-        if not all_full or bf16 is None:
+        if not all_full or eps is None:
             if b - a < 256:  # a few queries (a floor's second round): the chunk as it is, no transposed copy
                 scores = torch.mm(d, q[a:b].t()).t().contiguous()
             else:
                 if d_t is None:
                     d_t = d.t().contiguous()  # the layout the CPU matmul kernels read fastest
                 scores = torch.mm(q[a:b], d_t)
+            if may_overflow:  # NaN: +inf and -inf met in one sum; it ranks last, as -inf
+                scores.masked_fill_(torch.isnan(scores), -math.inf)
             if excluded is not None:
                 scores[excluded[0], excluded[1]] = -math.inf
             thr = state.bar(a, b)
@@ -462,17 +549,13 @@ def _search_chunk(
             exact = scores.view(-1).index_select(0, rows * n + cols)
         else:
             stats.filtered_blocks += 1
-            # A document can enter only if its fp32 score s >= tau. Its bf16-input product acc (accumulated in
-            # fp32) satisfies acc >= s - eps, eps = the inputs' rounding (exact residual norms) plus two fp32
-            # accumulation errors (x1.25 for safety). The bf16 output rounds acc to nearest, off by at most
-            # 2^-8 |acc| (8-bit significand), so approx >= L - 2^-8 |L| with L = tau - eps; that bound is then
-            # rounded down to a bf16 value (a 2^-7 relative step covers the conversion's own rounding).
-            qn = q16_norm[a:b]
-            eps = (q_err[a:b] * d_norm_max + qn * d_err_max + 2.5 * gamma * qn * d16_norm_max) * 1.25 + 1e-7
-            lower = state.bar(a, b) - eps
+            # The bf16 output rounds acc to nearest, off by at most 2^-8 |acc| (8-bit significand), so
+            # approx >= L - 2^-8 |L| with L = tau - eps; that bound is then rounded down to a bf16 value (a 2^-7
+            # relative step covers the conversion's own rounding).
+            lower = state.bar(a, b).double() - eps
             if bf16.kernel is not None:
-                # the kernel tests its fp32 accumulators (no bf16 output rounding); 2^-22 covers the subtraction's
-                lower = lower - lower.abs() * 2.0**-22
+                # the kernel tests its fp32 accumulators (no bf16 output rounding); 2^-22 covers the conversion's
+                lower = (lower - lower.abs() * 2.0**-22).float()
                 rows, cols = bf16.kernel.hits(d16_padded, bf16.blocks[block_no], lower, n)
             else:
                 lower = lower - lower.abs() * 2.0**-8
@@ -491,6 +574,7 @@ def _search_chunk(
         stats.candidates += int(rows.numel())
         keys = compose_keys(exact, doc_rank.index_select(0, cols))
         state.merge(a, b, rows, keys, doc_index.index_select(0, cols))
+    return d_bound
 
 
 def prefetch(items: Iterator[T], depth: int = 1) -> Iterator[T]:

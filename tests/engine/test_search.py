@@ -163,3 +163,155 @@ def test_a_floor_set_too_high_sends_the_query_round_again(prefilter: str) -> Non
     )
     assert stats.uncertified >= 1 and stats.passes == 2  # query 0's floor left fewer than 300 above it
     assert ranked(scores, idx, ids) == brute_force(q, d, ids, 300)
+
+
+def _cancelling(rng: np.random.Generator, n: int = 4096, dim: int = 64, m: int = 24) -> tuple[np.ndarray, np.ndarray]:
+    """Queries and documents whose scores are exact in fp32 (multiples of 2^-10 below 2^13: no summation order
+    changes them) but whose large common part cancels: what decides the top-k lies in bits that bf16 rounding
+    drops, so a bound that misses part of the rounding drops true top-k documents. Queries are exact in bf16
+    (no query rounding term in the bound to hide a missing document term)."""
+    unit = 2.0**-9
+    centre = rng.integers(2**9, 2**10, dim - 1)
+    d = np.empty((n, dim), dtype=np.float32)
+    d[:, 0] = 1 + unit  # bf16 rounds it to 1
+    d[:, 1:] = (centre + rng.integers(-1, 2, (n, dim - 1))) * unit  # differences below bf16's resolution
+    g = rng.integers(-32, 33, (m, dim - 1)).astype(np.float32)
+    alpha = np.round(-(g @ (centre * unit)) / (1 + unit))  # cancels most of each score
+    alpha = torch.from_numpy(alpha.astype(np.float32)).bfloat16().float().numpy()
+    return np.concatenate([alpha[:, None], g], axis=1), d
+
+
+@pytest.mark.parametrize("prefilter", PREFILTERS[1:])
+@pytest.mark.parametrize(
+    ("q_scale", "d_scale"),
+    [
+        (2.0**50, 2.0**-70),  # tiny documents: their rounding residuals square to 0 in fp32
+        (1.0, 2.0**66),  # huge documents (~1e20): their squared norms overflow fp32
+        (2.0**112, 2.0**-128),  # subnormal documents (read as 0 by bf16 hardware) against huge queries
+    ],
+    ids=["tiny", "huge", "subnormal"],
+)
+def test_extreme_scales_keep_the_exact_top_k(prefilter: str, q_scale: float, d_scale: float) -> None:
+    q, d = _cancelling(np.random.default_rng(0))
+    q, d = q * np.float32(q_scale), d * np.float32(d_scale)  # powers of 2: the scores stay exact
+    assert np.isfinite(q).all() and np.isfinite(d).all()
+    ids = [f"d{i}" for i in range(len(d))]
+    got, want = (
+        # read once (no admission floor): a floor's fp32 second round would hide a prefilter that drops documents
+        exact_search(q, iter(_chunked(d, 512)), top_k=10, id_rank=id_ranks(ids), similarity="dot", prefilter=name)
+        for name in (prefilter, "none")
+    )
+    np.testing.assert_array_equal(got[1], want[1])
+    np.testing.assert_array_equal(got[0], want[0])
+
+
+@pytest.mark.parametrize("prefilter", PREFILTERS[1:])
+def test_subnormal_documents_against_huge_queries_keep_the_exact_top_k(prefilter: str) -> None:
+    """bf16 hardware reads subnormal inputs as 0: without that in the bound, every score here reads as 0."""
+    rng = np.random.default_rng(5)
+    centres = rng.standard_normal((8, 64))
+    d = (centres[rng.integers(0, 8, 4096)] * (1 + 2.0**-11 * rng.standard_normal((4096, 64)))).astype(np.float32)
+    q = torch.from_numpy(d[rng.integers(0, len(d), 24)]).bfloat16().float().numpy() * np.float32(2.0**120)
+    d *= np.float32(2.0**-128)
+    ids = [f"d{i}" for i in range(len(d))]
+    got, want = (
+        exact_search(q, iter(_chunked(d, 512)), top_k=10, id_rank=id_ranks(ids), similarity="dot", prefilter=name)
+        for name in (prefilter, "none")
+    )
+    np.testing.assert_array_equal(got[1], want[1])
+    # rescored one by one, not in a matrix product: the same fp32 score up to summation order
+    np.testing.assert_allclose(got[0], want[0], rtol=1e-6)
+
+
+@pytest.mark.parametrize("prefilter", PREFILTERS[1:])
+def test_values_that_round_to_inf_in_bf16_are_scored_in_fp32(prefilter: str) -> None:
+    rng = np.random.default_rng(6)
+    d = rng.standard_normal((2048, 32)).astype(np.float32) * np.float32(2.0**120)
+    d[600:610, 0] = 3.4e38  # finite in fp32, past bf16's largest value (in the second chunk: after the dense one)
+    q = rng.standard_normal((20, 32)).astype(np.float32) * np.float32(2.0**-100)
+    q[:, 0] = np.abs(q[:, 0])
+    ids = [f"d{i}" for i in range(len(d))]
+    got, want = (
+        exact_search(q, iter(_chunked(d, 512)), top_k=10, id_rank=id_ranks(ids), similarity="dot", prefilter=name)
+        for name in (prefilter, "none")
+    )
+    assert np.isin(got[1][:, 0], np.arange(600, 610)).mean() > 0.5  # these score highest, mostly
+    np.testing.assert_array_equal(got[1], want[1])
+    np.testing.assert_allclose(got[0], want[0], rtol=1e-6)
+
+
+def test_overflowing_scores_rank_last_in_every_mode() -> None:
+    # finite vectors whose products overflow fp32: +inf, or NaN where +inf and -inf meet in one sum
+    q = np.array([[1e20, 1e20, 0, 0], [1, 1, 1, 1]], dtype=np.float32)
+    d = np.array(
+        [[1e19, -1e19, 0, 0], [1e19, 1e19, 0, 0], [1e18, 1e17, 0, 0], [0, 0, 1, 0], [-1e19, 1e19, 1, 1]],
+        dtype=np.float32,
+    )
+    ids = [f"d{i}" for i in range(len(d))]
+    for prefilter in [p if isinstance(p, str) else p.values[0] for p in PREFILTERS]:
+        if prefilter == "amx" and amx.load() is None:
+            continue
+        scores, idx = exact_search(
+            q, [(d, np.arange(len(d)))], top_k=5, id_rank=id_ranks(ids), similarity="dot", prefilter=prefilter
+        )
+        # NaN scores (documents 0 and 4 for query 0) count as -inf: after every finite score, ties by id
+        assert idx[0].tolist() == [1, 2, 3, 4, 0], prefilter
+        assert scores[0].tolist()[:3] == [np.inf, np.float32(1.1e38), 0.0] and np.isneginf(scores[0, 3:]).all()
+        assert not np.isnan(scores).any()
+
+
+@pytest.mark.parametrize("prefilter", PREFILTERS)
+@pytest.mark.parametrize("where", ["query", "document"])
+@pytest.mark.parametrize("value", [np.nan, np.inf, -np.inf])
+def test_non_finite_vectors_are_rejected(prefilter: str, where: str, value: float) -> None:
+    rng = np.random.default_rng(2)
+    q = rng.standard_normal((40, 32)).astype(np.float32)
+    d = rng.standard_normal((2000, 32)).astype(np.float32)
+    (q if where == "query" else d)[7, 3] = value
+    ids = [f"d{i}" for i in range(len(d))]
+    for similarity in ("dot", "cosine"):
+        with pytest.raises(ValueError, match=f"{where} .*7.* NaN or inf"):
+            exact_search(
+                q, _chunked(d, 500), top_k=10, id_rank=id_ranks(ids), similarity=similarity, prefilter=prefilter
+            )
+
+
+@pytest.mark.parametrize("prefilter", PREFILTERS)
+def test_reduced_float32_matmul_precision_does_not_change_the_scores(prefilter: str) -> None:
+    rng = np.random.default_rng(4)
+    d = rng.standard_normal((3000, 96)).astype(np.float32)
+    q = rng.standard_normal((300, 96)).astype(np.float32)
+    ids = [f"d{i}" for i in range(len(d))]
+
+    def search() -> tuple[np.ndarray, np.ndarray]:
+        return exact_search(q, _chunked(d, 1000), top_k=20, id_rank=id_ranks(ids), prefilter=prefilter)
+
+    before = torch.get_float32_matmul_precision()
+    mkldnn = getattr(torch.backends.mkldnn, "matmul", None)  # torch >= 2.9: a precision per backend too
+    backends_before = [mkldnn.fp32_precision, torch.backends.cuda.matmul.fp32_precision] if mkldnn else []
+    torch.set_float32_matmul_precision("highest")
+    try:
+        reference = search()
+        for precision in ("medium", "high", "bf16 for oneDNN alone"):
+            if precision.startswith("bf16"):
+                if mkldnn is None:
+                    continue
+                torch.set_float32_matmul_precision("highest")
+                mkldnn.fp32_precision = "bf16"
+            else:
+                torch.set_float32_matmul_precision(precision)
+            settings = [torch.backends.cuda.matmul.allow_bf16_reduced_precision_reduction]
+            settings += [mkldnn.fp32_precision, torch.backends.cuda.matmul.fp32_precision] if mkldnn else []
+            got = search()
+            np.testing.assert_array_equal(got[1], reference[1])
+            np.testing.assert_array_equal(got[0], reference[0])
+            # and the caller's settings are back afterwards
+            if not precision.startswith("bf16"):
+                assert torch.get_float32_matmul_precision() == precision
+            again = [torch.backends.cuda.matmul.allow_bf16_reduced_precision_reduction]
+            again += [mkldnn.fp32_precision, torch.backends.cuda.matmul.fp32_precision] if mkldnn else []
+            assert again == settings
+    finally:
+        torch.set_float32_matmul_precision(before)
+        if mkldnn is not None:
+            mkldnn.fp32_precision, torch.backends.cuda.matmul.fp32_precision = backends_before

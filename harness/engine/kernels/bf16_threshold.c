@@ -111,8 +111,9 @@ int64_t harness_bf16_hits(const uint16_t *docs, const int32_t *qpack, const floa
 /* Rows [r0, r1) of x [n, dim] float32 to bf16, rounded to nearest even (as torch rounds), into out [.., k_pad]
  * with the padding columns zeroed; stats[0] and stats[1] get the largest squared norm of a row and of its
  * rounding residual (x - bf16(x)): the prefilter's error bound needs both. One pass, where torch needs a
- * conversion, a widening copy, a subtraction and two norms. Sums run in 16 fp32 lanes (24 terms each at
- * dim 384), added up in double; the caller allows for their rounding. */
+ * conversion, a widening copy, a subtraction and two norms. Squares and sums are in double: in fp32 the squares
+ * of tiny residuals (|x| < ~1e-20) underflow to 0 and those of huge values (> ~1e19) overflow, and either
+ * breaks the bound. A row with NaN or inf makes stats NaN or inf (the caller rejects such input). */
 static inline __m512i to_bf16_bits(__m512 v) {
   __m512i bits = _mm512_castps_si512(v);
   __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(bits, 16), _mm512_set1_epi32(1));
@@ -122,27 +123,31 @@ static inline __m512i to_bf16_bits(__m512 v) {
   return _mm512_mask_mov_epi32(rounded, nan, quiet);
 }
 
+static inline __m256 high_half(__m512 v) { return _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1)); }
+
 void harness_to_bf16(const float *x, int64_t dim, int64_t r0, int64_t r1, uint16_t *out, int64_t k_pad,
                      double *stats) {
   double norm_max = 0.0, err_max = 0.0;
   for (int64_t r = r0; r < r1; r++) {
     const float *row = x + r * dim;
     uint16_t *dst = out + r * k_pad;
-    __m512 norm = _mm512_setzero_ps(), err = _mm512_setzero_ps();
+    __m512d norm = _mm512_setzero_pd(), err = _mm512_setzero_pd();
     for (int64_t c = 0; c < k_pad; c += 16) {
       int64_t left = dim - c;
       __mmask16 mask = left >= 16 ? (__mmask16)0xffff : left > 0 ? (__mmask16)((1u << left) - 1) : 0;
       __m512 v = _mm512_maskz_loadu_ps(mask, row + c); /* zeros past dim: the padding */
       __m512i h = to_bf16_bits(v);
       __m512 back = _mm512_castsi512_ps(_mm512_slli_epi32(h, 16));
-      __m512 residual = _mm512_sub_ps(v, back);
-      norm = _mm512_fmadd_ps(v, v, norm);
-      err = _mm512_fmadd_ps(residual, residual, err);
+      __m512 residual = _mm512_sub_ps(v, back); /* exact in fp32 (or inf where bf16 overflowed) */
+      __m512d v0 = _mm512_cvtps_pd(_mm512_castps512_ps256(v)), v1 = _mm512_cvtps_pd(high_half(v));
+      __m512d e0 = _mm512_cvtps_pd(_mm512_castps512_ps256(residual)), e1 = _mm512_cvtps_pd(high_half(residual));
+      norm = _mm512_fmadd_pd(v1, v1, _mm512_fmadd_pd(v0, v0, norm));
+      err = _mm512_fmadd_pd(e1, e1, _mm512_fmadd_pd(e0, e0, err));
       _mm256_storeu_si256((__m256i *)(dst + c), _mm512_cvtepi32_epi16(h));
     }
-    double n2 = (double)_mm512_reduce_add_ps(norm), e2 = (double)_mm512_reduce_add_ps(err);
-    if (n2 > norm_max) norm_max = n2;
-    if (e2 > err_max) err_max = e2;
+    double n2 = _mm512_reduce_add_pd(norm), e2 = _mm512_reduce_add_pd(err);
+    if (n2 > norm_max || n2 != n2) norm_max = n2; /* a NaN stays: no later comparison replaces it */
+    if (e2 > err_max || e2 != e2) err_max = e2;
   }
   stats[0] = norm_max;
   stats[1] = err_max;
