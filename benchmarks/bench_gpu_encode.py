@@ -10,9 +10,10 @@ run bidirectionally with a 4-D key-padding mask, then NV-Embed's latent-attentio
 config.json with NV-Embed-v2's exact shapes (hidden 4096, 32 layers, 32 heads, 8 KV heads, intermediate 14336,
 vocabulary 32000; latent head: 512 latents, 8 heads of 4096), its weights drawn at random instead of read from
 safetensors, so it does the real model's FLOPs. dtype, autocast, max_length, batch_size and batch_tokens come from
-``conf/model/nv-embed-v2.yaml`` (fp16 weights under fp16 autocast on CUDA; 128 rows / 65,536 padded tokens per
-batch) unless overridden. Encoding goes through ``NVEmbedAdapter.embed_ids``: ``run_batches`` (longest first,
-the padded-token budget, out-of-memory back-off), padding, the backbone, the latent head, pooling, L2.
+``conf/model/nv-embed-v2.yaml`` (fp16 weights under fp16 autocast on CUDA; its batch_size rows and batch_tokens
+padded tokens per batch) unless overridden. Encoding goes through ``NVEmbedAdapter.embed_ids``: ``run_batches``
+(longest first, the padded-token budget, out-of-memory back-off), padding, the backbone, the latent head,
+pooling, L2.
 
 The passages have SciFact's length distribution: each bundled SciFact document's character count scaled to
 Mistral tokens (the corpus is 1,985,718 Mistral tokens, ``shared/reference/tokenizers.md``) plus <s> and </s>,

@@ -125,10 +125,10 @@ class LlamaEmbedAdapter(EmbeddingAdapter):
         pad_id = _pad_id(self.tokenizer)
         out = np.zeros((len(texts), self.embed_dim), dtype=np.float32)
 
-        def forward(rows: list[list[int]]) -> tuple[torch.Tensor, int]:
+        def forward(rows: list[list[int]]) -> torch.Tensor:
             ids, mask = bidir.pad_batch(rows, pad_id, "right", self.device)
             vectors = self.pooled(ids, mask)[:, : self.embed_dim]  # Matryoshka: truncate, then normalise
-            return (bidir.l2_normalize(vectors) if self.normalize else vectors), sum(len(r) for r in rows)
+            return bidir.l2_normalize(vectors) if self.normalize else vectors
 
         for start in range(0, len(texts), TOKENIZE_CHUNK):
             chunk = [prefix + text for text in texts[start : start + TOKENIZE_CHUNK]]
@@ -212,9 +212,9 @@ class LlamaRerankAdapter(AdapterBase):
         pad_id = _pad_id(self.tokenizer)
         out = np.zeros(len(queries), dtype=np.float32)
 
-        def forward(rows: list[list[int]]) -> tuple[torch.Tensor, int]:
+        def forward(rows: list[list[int]]) -> torch.Tensor:
             ids, mask = bidir.pad_batch(rows, pad_id, "left", self.device)
-            return self.logits(ids, mask), sum(len(r) for r in rows)
+            return self.logits(ids, mask)
 
         for start in range(0, len(queries), TOKENIZE_CHUNK):
             end = start + TOKENIZE_CHUNK

@@ -244,9 +244,9 @@ class NVEmbedAdapter(EmbeddingAdapter):
         ``batch_size`` rows and ``batch_tokens`` padded tokens, halved on out-of-memory."""
         pad_id = self.tokenizer.eos_token_id
 
-        def forward(rows: list[list[int]]) -> tuple[torch.Tensor, int]:
+        def forward(rows: list[list[int]]) -> torch.Tensor:
             ids, mask = bidir.pad_batch(rows, pad_id, self.padding_side, self.device)
-            return self.forward_ids(ids, mask, n_masked), sum(len(r) for r in rows)
+            return self.forward_ids(ids, mask, n_masked)
 
         return run_batches(
             encodings, [len(e) for e in encodings], forward, batch_size, max_tokens=self.batch_tokens

@@ -127,14 +127,14 @@ class NVRetrieverAdapter(EmbeddingAdapter):
         out = np.zeros((len(texts), self.hidden_size), dtype=np.float32)
         fallbacks = 0
 
-        def forward(rows: list[list[int]]) -> tuple[torch.Tensor, int]:
+        def forward(rows: list[list[int]]) -> torch.Tensor:
             nonlocal fallbacks
             ids, mask = bidir.pad_batch(rows, int(pad_id), "right", self.device)
             with bidir.inference_context(self.device, self.autocast):
                 hidden = bidir.hidden_states(self.model, ids, mask)
                 vectors, n_fallback = self.pool(hidden, ids, mask)
             fallbacks += n_fallback  # counted once a batch has fitted (an OOM raises before this line)
-            return vectors, sum(len(r) for r in rows)
+            return vectors
 
         for start in range(0, len(texts), TOKENIZE_CHUNK):
             chunk = [prefix + text for text in texts[start : start + TOKENIZE_CHUNK]]
